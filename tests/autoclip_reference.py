@@ -1,0 +1,36 @@
+"""AutoClip written plainly in NumPy (float64), the reference for the tests."""
+
+import numpy as np
+
+
+def global_norm(updates) -> float:
+  """Global L2 norm of a dict of arrays, in float64."""
+  return float(np.sqrt(sum(
+      np.sum(np.square(np.asarray(leaf, np.float64)))
+      for leaf in updates.values())))
+
+
+def autoclip_reference(update_sequence, percentiles, max_history):
+  """Runs AutoClip (paper Algorithm 1) over a sequence of updates.
+
+  Args:
+    update_sequence: list of dicts of arrays, one dict per step.
+    percentiles: one percentile per step.
+    max_history: how many recent finite norms the window keeps.
+
+  Returns:
+    Per step: (clipped updates, norm, threshold, window of recorded norms).
+  """
+  recorded = []
+  steps = []
+  for updates, percentile in zip(update_sequence, percentiles):
+    norm = global_norm(updates)
+    if np.isfinite(norm):
+      recorded = (recorded + [norm])[-max_history:]
+    threshold = np.percentile(recorded, percentile) if recorded else np.inf
+    scale = threshold / norm if norm > threshold else 1.0
+    with np.errstate(invalid='ignore'):  # inf * 0 on non-finite steps.
+      clipped = {name: np.asarray(leaf, np.float64) * scale
+                 for name, leaf in updates.items()}
+    steps.append((clipped, norm, threshold, list(recorded)))
+  return steps

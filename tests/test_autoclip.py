@@ -1,0 +1,248 @@
+"""Tests for the autoclip transform, against the NumPy reference."""
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from autoclip_optax import AutoClipState
+from autoclip_optax import autoclip
+from tests.autoclip_reference import autoclip_reference
+
+
+def spiky_updates(num_steps, seed=0):
+  """Random gradient-like dicts whose norms have occasional large spikes."""
+  rng = np.random.default_rng(seed)
+  sequence = []
+  for _ in range(num_steps):
+    scale = rng.lognormal(0.0, 0.5) * (100.0 if rng.random() < 0.05 else 1.0)
+    sequence.append({
+        'w': (scale * rng.normal(size=(4, 3))).astype(np.float32),
+        'b': (scale * rng.normal(size=(3,))).astype(np.float32),
+    })
+  return sequence
+
+
+def run(tx, update_sequence):
+  """Applies ``tx`` to each update under one jit; returns outputs and states."""
+  update = jax.jit(tx.update)
+  state = tx.init(update_sequence[0])
+  outputs, states = [], []
+  for updates in update_sequence:
+    clipped, state = update(updates, state)
+    outputs.append(clipped)
+    states.append(state)
+  return outputs, states
+
+
+def assert_matches_reference(outputs, states, reference, max_history):
+  for output, state, (expected, norm, threshold, window) in zip(
+      outputs, states, reference):
+    np.testing.assert_allclose(state.grad_norm, norm, rtol=1e-6)
+    np.testing.assert_allclose(state.threshold, threshold, rtol=1e-5)
+    assert int(state.count) >= len(window)
+    recorded = np.sort(np.asarray(state.history)[np.isfinite(state.history)])
+    np.testing.assert_allclose(recorded, np.sort(window), rtol=1e-6)
+    np.testing.assert_allclose(
+        state.sorted_history[:len(window)], np.sort(window), rtol=1e-6)
+    for name in expected:
+      np.testing.assert_allclose(output[name], expected[name], rtol=1e-5,
+                                 atol=1e-6)
+
+
+@pytest.mark.parametrize('percentile', [0, 1, 10, 50, 90, 100, 2.5, 33.3])
+@pytest.mark.parametrize('max_history', [1, 7, 1000])
+def test_matches_numpy_reference(percentile, max_history):
+  sequence = spiky_updates(120, seed=max_history)
+  outputs, states = run(autoclip(percentile, max_history), sequence)
+  reference = autoclip_reference(sequence, [percentile] * len(sequence),
+                                 max_history)
+  assert_matches_reference(outputs, states, reference, max_history)
+
+
+def test_count_is_finite_norms_recorded():
+  sequence = spiky_updates(30)
+  sequence[4] = {'w': np.full((4, 3), np.nan, np.float32),
+                 'b': np.zeros(3, np.float32)}
+  _, states = run(autoclip(10, max_history=8), sequence)
+  assert [int(s.count) for s in states] == list(range(1, 5)) + list(
+      range(4, 30))
+
+
+def test_no_clipping_before_a_finite_norm_is_recorded():
+  tx = autoclip(0.0, max_history=4)
+  state = tx.init({'w': jnp.zeros(2)})
+  assert state.threshold == jnp.inf
+  nan_updates = {'w': jnp.array([jnp.nan, 1.0])}
+  output, state = jax.jit(tx.update)(nan_updates, state)
+  assert state.threshold == jnp.inf and state.count == 0
+  np.testing.assert_array_equal(output['w'], nan_updates['w'])
+  output, state = jax.jit(tx.update)({'w': jnp.array([3.0, 4.0])}, state)
+  np.testing.assert_array_equal(output['w'], [3.0, 4.0])
+  assert state.threshold == 5.0
+
+
+@pytest.mark.parametrize('bad_value', [np.nan, np.inf, -np.inf])
+def test_non_finite_gradient_is_not_recorded(bad_value):
+  sequence = spiky_updates(40)
+  for step in (3, 17, 18):
+    sequence[step] = dict(sequence[step])
+    sequence[step]['b'] = np.array([1.0, bad_value, 2.0], np.float32)
+  outputs, states = run(autoclip(10, max_history=16), sequence)
+  reference = autoclip_reference(sequence, [10] * 40, 16)
+  for step in (3, 17, 18):
+    assert not np.isfinite(states[step].grad_norm)
+    np.testing.assert_array_equal(states[step].history,
+                                  states[step - 1].history)
+  finite_steps = [s for s in range(40) if s not in (3, 17, 18)]
+  assert_matches_reference([outputs[s] for s in finite_steps],
+                           [states[s] for s in finite_steps],
+                           [reference[s] for s in finite_steps], 16)
+
+
+def test_zero_threshold_gives_zero_updates_not_nan():
+  tx = autoclip(0.0, max_history=8)
+  update = jax.jit(tx.update)
+  state = tx.init({'w': jnp.zeros(3)})
+  _, state = update({'w': jnp.zeros(3)}, state)
+  output, state = update({'w': jnp.array([1.0, -2.0, 3.0])}, state)
+  assert state.threshold == 0.0
+  np.testing.assert_array_equal(output['w'], np.zeros(3))
+
+
+@pytest.mark.parametrize('dtype', [jnp.bfloat16, jnp.float16, jnp.float32])
+def test_low_precision_leaves_keep_dtype_and_get_a_float32_norm(dtype):
+  # Each square (4e4) and their sum overflow float16; the norm must not.
+  updates = {'w': jnp.full((1000,), 200.0, dtype), 'b': jnp.ones(3, dtype)}
+  tx = autoclip(50, max_history=4)
+  update = jax.jit(tx.update)
+  state = tx.init(updates)
+  _, state = update(updates, state)
+  output, state = update(jax.tree.map(lambda x: x * 4, updates), state)
+  expected_norm = np.sqrt(1000 * 200.0**2 + 3)
+  np.testing.assert_allclose(state.history[0], expected_norm, rtol=1e-6)
+  assert state.grad_norm.dtype == jnp.float32
+  for name in updates:
+    assert output[name].dtype == dtype
+  np.testing.assert_allclose(np.asarray(output['w'], np.float32),
+                             200.0 * 4 * (2.5 / 4), rtol=1e-2)
+
+
+@pytest.mark.parametrize('percentile', [-0.5, 100.01, np.nan, 1e9])
+def test_invalid_percentile_raises(percentile):
+  with pytest.raises(ValueError, match=r'percentile must be in \[0, 100\]'):
+    autoclip(percentile)
+
+
+@pytest.mark.parametrize('percentile', ['10', None, [10.0], True])
+def test_non_numeric_percentile_raises(percentile):
+  with pytest.raises(TypeError, match='percentile must be a real number'):
+    autoclip(percentile)
+
+
+@pytest.mark.parametrize('max_history', [2.0, True, '100', None])
+def test_non_int_max_history_raises(max_history):
+  with pytest.raises(TypeError, match='max_history must be a positive int'):
+    autoclip(10, max_history=max_history)
+
+
+@pytest.mark.parametrize('max_history', [0, -1, 2**24 + 1])
+def test_out_of_range_max_history_raises(max_history):
+  with pytest.raises(ValueError, match=r'max_history must be in \[1, 16777216\]'):
+    autoclip(10, max_history=max_history)
+
+
+def test_state_is_arrays_only_with_documented_dtypes():
+  state = autoclip(10, max_history=5).init({'w': jnp.zeros(2)})
+  assert isinstance(state, AutoClipState)
+  assert all(isinstance(leaf, jax.Array) for leaf in state)
+  assert state.count.dtype == jnp.int32
+  assert state.history.shape == state.sorted_history.shape == (5,)
+
+
+def test_fields_are_readable_with_tree_get_in_a_chain():
+  tx = optax.chain(autoclip(10, max_history=5), optax.adam(1e-3))
+  params = {'w': jnp.ones(3)}
+  state = tx.init(params)
+  _, state = tx.update({'w': jnp.array([1.0, 2.0, 2.0])}, state, params)
+  assert optax.tree_utils.tree_get(state, 'threshold') == 3.0
+  assert optax.tree_utils.tree_get(state, 'grad_norm') == 3.0
+  # Adam has a `count` too: pick AutoClip's by its tuple name.
+  count = optax.tree_utils.tree_get(
+      state, 'count',
+      filtering=lambda path, _: path[-1].tuple_name == 'AutoClipState')
+  assert count == 1
+
+
+def test_compiles_once_for_a_whole_run():
+  tx = optax.chain(autoclip(10, max_history=5), optax.sgd(0.1))
+  traces = []
+
+  @jax.jit
+  def train_step(params, state, grads):
+    traces.append(None)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  params = {'w': jnp.ones(3)}
+  state = tx.init(params)
+  for step in range(17):  # Fills the window, then wraps around it twice.
+    grads = {'w': jnp.full(3, float(step % 4))}
+    params, state = train_step(params, state, grads)
+  assert len(traces) == 1
+
+
+def test_state_can_be_donated():
+  tx = autoclip(10, max_history=64)
+  update = jax.jit(tx.update, donate_argnums=1)
+  state = jax.jit(tx.init)({'w': jnp.zeros(3)})
+  for step in range(5):
+    _, state = update({'w': jnp.full(3, step + 1.0)}, state)
+  assert state.count == 5
+
+
+def test_inject_hyperparams_changes_percentile_during_training():
+  sequence = spiky_updates(60)
+  tx = optax.inject_hyperparams(autoclip, static_args=('max_history',))(
+      percentile=10.0, max_history=20)
+  update = jax.jit(tx.update)
+  state = tx.init(sequence[0])
+  percentiles = [10.0] * 30 + [90.0] * 30
+  thresholds = []
+  for updates, percentile in zip(sequence, percentiles):
+    state.hyperparams['percentile'] = jnp.asarray(percentile)
+    _, state = update(updates, state)
+    thresholds.append(float(state.inner_state.threshold))
+  reference = autoclip_reference(sequence, percentiles, 20)
+  np.testing.assert_allclose(thresholds, [r[2] for r in reference], rtol=1e-5)
+
+
+def test_inject_hyperparams_follows_a_schedule():
+  sequence = spiky_updates(40)
+  schedule = optax.linear_schedule(0.0, 100.0, transition_steps=39)
+  tx = optax.inject_hyperparams(autoclip, static_args=('max_history',))(
+      percentile=schedule, max_history=10)
+  outputs, states = run(tx, sequence)
+  reference = autoclip_reference(
+      sequence, [float(schedule(step)) for step in range(40)], 10)
+  np.testing.assert_allclose([s.inner_state.threshold for s in states],
+                             [r[2] for r in reference], rtol=1e-5)
+
+
+def test_checkpoint_round_trip_continues_bit_identically():
+  sequence = spiky_updates(50)
+  tx = optax.chain(autoclip(10, max_history=16), optax.adam(1e-2))
+  update = jax.jit(tx.update)
+  params = {name: jnp.zeros_like(leaf) for name, leaf in sequence[0].items()}
+  state = tx.init(params)
+  for updates in sequence[:25]:
+    _, state = update(updates, state, params)
+  restored = flax.serialization.from_bytes(
+      tx.init(params), flax.serialization.to_bytes(state))
+  for updates in sequence[25:]:
+    original_out, state = update(updates, state, params)
+    restored_out, restored = update(updates, restored, params)
+    jax.tree.map(np.testing.assert_array_equal, original_out, restored_out)
+  jax.tree.map(np.testing.assert_array_equal, state, restored)

@@ -1,0 +1,60 @@
+"""Tests for the sorted-window update, against NumPy's sort."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from autoclip_optax import _window
+
+replace_in_sorted = jax.jit(_window.replace_in_sorted)
+
+
+def numpy_replace(sorted_values, leaving, arriving):
+  values = list(sorted_values)
+  values.remove(leaving)
+  return np.sort(np.array(values + [arriving], np.float32))
+
+
+@pytest.mark.parametrize('size', [1, 2, 5, 64, 1001])
+def test_random_replacements_match_numpy(size):
+  rng = np.random.default_rng(size)
+  # Few distinct values, so ties are common.
+  window = np.sort(rng.integers(0, 7, size).astype(np.float32))
+  for _ in range(200):
+    leaving = window[rng.integers(size)]
+    arriving = np.float32(rng.integers(-1, 8) + rng.choice([0.0, 0.5]))
+    expected = numpy_replace(window, leaving, arriving)
+    window = np.asarray(replace_in_sorted(window, leaving, arriving))
+    np.testing.assert_array_equal(window, expected)
+
+
+def test_replacing_infinite_padding_inserts_a_value():
+  window = np.array([1.0, 3.0, np.inf, np.inf], np.float32)
+  result = replace_in_sorted(window, np.float32(np.inf), np.float32(2.0))
+  np.testing.assert_array_equal(result, [1.0, 2.0, 3.0, np.inf])
+
+
+def test_replacing_a_value_by_itself_is_identity():
+  window = np.array([0.5, 1.0, 1.0, 4.0, np.inf], np.float32)
+  for value in window:
+    np.testing.assert_array_equal(
+        replace_in_sorted(window, value, value), window)
+
+
+def test_largest_value_moves_to_front():
+  window = np.arange(6, dtype=np.float32)
+  result = replace_in_sorted(window, np.float32(5), np.float32(-1))
+  np.testing.assert_array_equal(result, [-1, 0, 1, 2, 3, 4])
+
+
+def test_smallest_value_moves_to_back():
+  window = np.arange(6, dtype=np.float32)
+  result = replace_in_sorted(window, np.float32(0), np.float32(9))
+  np.testing.assert_array_equal(result, [1, 2, 3, 4, 5, 9])
+
+
+def test_keeps_dtype_and_shape():
+  window = jnp.zeros(8, jnp.float32)
+  result = replace_in_sorted(window, jnp.float32(0), jnp.float32(1))
+  assert result.shape == (8,) and result.dtype == jnp.float32

@@ -30,6 +30,9 @@ class AutoClipState(NamedTuple):
       overwritten first; slots not yet written hold ``+inf``.
     sorted_history: float32 ``[max_history]``, the values of ``history``
       sorted ascending, kept up to date incrementally.
+    oldest: float32, the value of ``history`` that the next recorded norm
+      replaces. Carried from the last step so that the next one never reads
+      ``history`` before writing it: XLA then updates it in place.
   """
 
   count: chex.Array
@@ -37,6 +40,7 @@ class AutoClipState(NamedTuple):
   threshold: chex.Array
   history: chex.Array
   sorted_history: chex.Array
+  oldest: chex.Array
 
 
 def _is_concrete_number(value) -> bool:
@@ -145,6 +149,7 @@ def autoclip(
         threshold=jnp.full([], jnp.inf, jnp.float32),
         history=empty_window(),
         sorted_history=empty_window(),
+        oldest=jnp.full([], jnp.inf, jnp.float32),
     )
 
   def update_fn(updates, state, params=None):
@@ -152,7 +157,7 @@ def autoclip(
     grad_norm = _global_norm(updates)
     finite = jnp.isfinite(grad_norm)
     slot = state.count % max_history
-    leaving = state.history[slot]
+    leaving = state.oldest
     # A non-finite norm swaps the leaving value for itself: nothing changes.
     arriving = jnp.where(finite, grad_norm, leaving)
     history = state.history.at[slot].set(arriving)
@@ -175,6 +180,7 @@ def autoclip(
         threshold=threshold,
         history=history,
         sorted_history=sorted_history,
+        oldest=history[count % max_history],
     )
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -1,6 +1,6 @@
 """Runs autoclip on 8 forced host devices; started by test_multidevice.py.
 
-Usage: python -m tests.multidevice_child {mesh,pmap}
+Usage: python -m tests.multidevice_child {auto_mesh,explicit_mesh,pmap}
 Exits non-zero (with the assertion) when results differ from the reference.
 """
 
@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import AxisType
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
@@ -30,8 +31,13 @@ def spiky_gradients(rng, leading=()):
   }
 
 
-def check_sharded_mesh():
-  mesh = jax.make_mesh((NUM_DEVICES,), ('data',))
+def check_sharded_mesh(axis_type):
+  mesh = jax.make_mesh((NUM_DEVICES,), ('data',), axis_types=(axis_type,))
+  with jax.set_mesh(mesh):
+    run_sharded(mesh)
+
+
+def run_sharded(mesh):
   shardings = {'w': NamedSharding(mesh, PartitionSpec('data', None)),
                'b': NamedSharding(mesh, PartitionSpec())}
   tx = autoclip(PERCENTILE, MAX_HISTORY)
@@ -79,5 +85,9 @@ def check_pmap_after_pmean():
 
 if __name__ == '__main__':
   assert jax.device_count() == NUM_DEVICES, jax.devices()
-  {'mesh': check_sharded_mesh, 'pmap': check_pmap_after_pmean}[sys.argv[1]]()
+  {
+      'auto_mesh': lambda: check_sharded_mesh(AxisType.Auto),
+      'explicit_mesh': lambda: check_sharded_mesh(AxisType.Explicit),
+      'pmap': check_pmap_after_pmean,
+  }[sys.argv[1]]()
   print('ok')

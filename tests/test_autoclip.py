@@ -150,7 +150,8 @@ def test_non_int_max_history_raises(max_history):
 
 @pytest.mark.parametrize('max_history', [0, -1, 2**24 + 1])
 def test_out_of_range_max_history_raises(max_history):
-  with pytest.raises(ValueError, match=r'max_history must be in \[1, 16777216\]'):
+  with pytest.raises(ValueError,
+                     match=r'max_history must be in \[1, 16777216\]'):
     autoclip(10, max_history=max_history)
 
 

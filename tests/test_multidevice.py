@@ -1,4 +1,4 @@
-"""Autoclip on 8 host devices: a sharded mesh, and pmap after pmean."""
+"""Autoclip on 8 host devices: sharded meshes, and pmap after pmean."""
 
 import os
 import pathlib
@@ -10,7 +10,7 @@ import pytest
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize('mode', ['mesh', 'pmap'])
+@pytest.mark.parametrize('mode', ['auto_mesh', 'explicit_mesh', 'pmap'])
 def test_matches_reference_on_eight_devices(mode):
   env = dict(os.environ, JAX_PLATFORMS='cpu',
              XLA_FLAGS='--xla_force_host_platform_device_count=8')

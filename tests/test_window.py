@@ -1,5 +1,7 @@
 """Tests for the sorted-window update, against NumPy's sort."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,14 +18,28 @@ def numpy_replace(sorted_values, leaving, arriving):
   return np.sort(np.array(values + [arriving], np.float32))
 
 
+@pytest.mark.parametrize('block_size', [1, 3, 16, 4096])
 @pytest.mark.parametrize('size', [1, 2, 5, 64, 1001])
-def test_random_replacements_match_numpy(size):
+def test_random_replacements_match_numpy(size, block_size):
   rng = np.random.default_rng(size)
-  # Few distinct values, so ties are common.
+  replace = jax.jit(functools.partial(_window.replace_in_sorted_blockwise,
+                                      block_size=block_size))
+  # Few distinct values, so ties are common; spread, so ranges are long.
   window = np.sort(rng.integers(0, 7, size).astype(np.float32))
-  for _ in range(200):
+  for _ in range(100):
     leaving = window[rng.integers(size)]
     arriving = np.float32(rng.integers(-1, 8) + rng.choice([0.0, 0.5]))
+    expected = numpy_replace(window, leaving, arriving)
+    window = np.asarray(replace(window, leaving, arriving))
+    np.testing.assert_array_equal(window, expected)
+
+
+def test_platform_default_matches_numpy_on_a_long_window():
+  rng = np.random.default_rng(0)
+  window = np.sort(rng.lognormal(size=100_000).astype(np.float32))
+  for _ in range(20):
+    leaving = window[rng.integers(window.size)]
+    arriving = np.float32(rng.lognormal())
     expected = numpy_replace(window, leaving, arriving)
     window = np.asarray(replace_in_sorted(window, leaving, arriving))
     np.testing.assert_array_equal(window, expected)

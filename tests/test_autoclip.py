@@ -247,3 +247,18 @@ def test_checkpoint_round_trip_continues_bit_identically():
     restored_out, restored = update(updates, restored, params)
     jax.tree.map(np.testing.assert_array_equal, original_out, restored_out)
   jax.tree.map(np.testing.assert_array_equal, state, restored)
+
+
+def test_apply_if_finite_recipe_skips_bad_steps():
+  tx = optax.apply_if_finite(
+      optax.chain(autoclip(10, max_history=8), optax.sgd(1.0)),
+      max_consecutive_errors=3)
+  update = jax.jit(tx.update)
+  params = {'w': jnp.zeros(2)}
+  state = tx.init(params)
+  _, state = update({'w': jnp.array([3.0, 4.0])}, state, params)
+  output, state = update({'w': jnp.array([jnp.nan, 1.0])}, state, params)
+  np.testing.assert_array_equal(output['w'], [0.0, 0.0])
+  assert state.notfinite_count == 1
+  assert state.inner_state[0].count == 1
+  assert state.inner_state[0].threshold == 5.0

@@ -1,0 +1,242 @@
+"""The paper's Table 1: test SI-SDR for every loss and AutoClip percentile.
+
+Example (a CPU-sized sweep of the mask-inference loss; see the README):
+
+  python -m examples.flax_separation.sweep --workdir=workdir_sweep \
+      --config=examples/flax_separation/configs/default.py --losses=mi \
+      --config.num_train=200 --config.num_valid=20 --config.num_test=50 \
+      --config.num_layers=1 --config.hidden_size=64
+
+Trains and evaluates one run per cell (loss, percentile) with
+``train.train_and_evaluate`` under ``<workdir>/<loss>/p<percentile>``, on one
+espeak2mix set under ``<workdir>/data``. A cell whose ``results.json`` was
+written with the cell's config is finished and skipped; any other cell is
+trained, resuming from its checkpoint where it has one. Afterwards the table
+of every cell finished so far is written to ``<workdir>/table1.md`` and
+printed, with '–' for cells not run yet.
+"""
+
+from collections.abc import Mapping, Sequence
+import json
+import pathlib
+
+from absl import app
+from absl import flags
+from absl import logging
+import ml_collections
+from ml_collections import config_flags
+
+from examples.flax_separation import train
+
+FLAGS = flags.FLAGS
+
+# The rows of the paper's Table 1: each of train.LOSSES, by name.
+LOSS_NAMES = {
+    'mi': 'Mask inference',
+    'dc': 'Deep clustering',
+    'wkm': 'Whitened k-means',
+    'chimera': 'Chimera',
+    'snr': 'SNR',
+}
+PAPER_PERCENTILES = (0.0, 1.0, 10.0, 25.0, 50.0, 90.0, 100.0)
+# Config fields that vary per cell or only affect bookkeeping; the rest are
+# the sweep's settings, listed above the table.
+_PER_CELL_FIELDS = ('loss', 'autoclip_percentile', 'data_dir',
+                    'checkpoint_every_steps', 'eval_batch_size',
+                    'num_example_wavs')
+
+
+def cell_config(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+                loss: str, percentile: float) -> ml_collections.ConfigDict:
+  """Returns ``config`` set up for one cell of the sweep.
+
+  Args:
+    config: the settings shared by every cell.
+    workdir: the sweep's work directory; espeak2mix is generated under
+      ``<workdir>/data`` unless ``config.data_dir`` says otherwise.
+    loss: a key of ``LOSS_NAMES``.
+    percentile: the AutoClip percentile.
+
+  Raises:
+    ValueError: if ``loss`` is not one of ``train.LOSSES``.
+  """
+  train.check_loss(loss)
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.autoclip_percentile = float(percentile)
+    config.loss = loss
+    if config.dataset == 'espeak2mix' and not config.data_dir:
+      config.data_dir = str(pathlib.Path(workdir) / 'data')
+  return config
+
+
+def cell_dir(workdir: pathlib.Path, loss: str, percentile: float
+             ) -> pathlib.Path:
+  return pathlib.Path(workdir) / loss / f'p{percentile:g}'
+
+
+def finished_results(directory: pathlib.Path,
+                     config: ml_collections.ConfigDict) -> dict | None:
+  """Returns the cell's ``results.json`` if it was written with ``config``."""
+  path = pathlib.Path(directory) / 'results.json'
+  if not path.exists():
+    return None
+  results = json.loads(path.read_text())
+  # Compared through JSON, as written (tuples become lists); where the data
+  # lies does not change the results, so a moved work directory still counts.
+  recorded = dict(results.get('config', {}), data_dir=None)
+  expected = dict(json.loads(json.dumps(config.to_dict())), data_dir=None)
+  return results if recorded == expected else None
+
+
+def _settings(config: ml_collections.ConfigDict) -> str:
+  return ', '.join(f'`{key}={value}`' for key, value in config.items()
+                   if key not in _PER_CELL_FIELDS)
+
+
+def _percentile_header(percentile: float) -> str:
+  return 'no clipping (p=100)' if percentile == 100 else f'p={percentile:g}'
+
+
+def _table(metric: str, losses: Sequence[str], percentiles: Sequence[float],
+           results: Mapping[tuple[str, float], dict]) -> list[str]:
+  """Markdown rows of one metric, the best finished cell of a row in bold."""
+  lines = [
+      '| loss | ' + ' | '.join(map(_percentile_header, percentiles)) + ' |',
+      '|---|' + '---:|' * len(percentiles)]
+  for loss in losses:
+    values = {p: results[loss, p][metric] for p in percentiles
+              if (loss, p) in results}
+    best = max(values.values(), default=None)
+    cells = ['–' if p not in values else
+             f'**{values[p]:.2f}**' if values[p] == best and len(values) > 1
+             else f'{values[p]:.2f}' for p in percentiles]
+    lines.append(f'| {LOSS_NAMES[loss]} ({loss}) | ' + ' | '.join(cells)
+                 + ' |')
+  return lines
+
+
+def render_table1(config: ml_collections.ConfigDict, losses: Sequence[str],
+                  percentiles: Sequence[float],
+                  results: Mapping[tuple[str, float], dict]) -> str:
+  """Lays the sweep out as the paper's Table 1, in Markdown.
+
+  Args:
+    config: the settings shared by every cell, listed above the tables.
+    losses: the rows, keys of ``LOSS_NAMES``.
+    percentiles: the columns.
+    results: ``train_and_evaluate``'s results of each finished
+      ``(loss, percentile)`` cell; the others are shown as '–'.
+
+  Returns:
+    The settings, a table of test SI-SDR and one of test SI-SDRi (dB).
+  """
+  steps = sorted({r['steps'] for r in results.values()})
+  num_test = sorted({r['num_test_mixtures'] for r in results.values()})
+  lines = [
+      f'Settings: {_settings(config)}.',
+      '',
+      f'{len(results)} of {len(losses) * len(percentiles)} cells finished; '
+      f'training steps per cell: {", ".join(map(str, steps)) or "–"}; '
+      f'test mixtures: {", ".join(map(str, num_test)) or "–"}. '
+      'The best cell of each row is in bold.',
+      '',
+      'Test SI-SDR (dB):',
+      '',
+      *_table('test_si_sdr', losses, percentiles, results),
+      '',
+      'Test SI-SDR improvement over the mixture, SI-SDRi (dB):',
+      '',
+      *_table('test_si_sdri', losses, percentiles, results),
+  ]
+  return '\n'.join(lines) + '\n'
+
+
+def run_sweep(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+              losses: Sequence[str], percentiles: Sequence[float]) -> str:
+  """Trains every unfinished cell and keeps ``table1.md`` up to date.
+
+  The table is written before the first cell is trained and again after
+  each, so an interrupted sweep leaves the table of the cells it finished.
+
+  Args:
+    config: the settings shared by every cell.
+    workdir: the sweep's work directory.
+    losses: keys of ``LOSS_NAMES``.
+    percentiles: AutoClip percentiles.
+
+  Returns:
+    The final Markdown of ``render_table1``, as in ``<workdir>/table1.md``.
+  """
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  cells = [(loss, float(p)) for loss in losses for p in percentiles]
+  configs = {cell: cell_config(config, workdir, *cell) for cell in cells}
+  results = {}
+  for cell in cells:
+    finished = finished_results(cell_dir(workdir, *cell), configs[cell])
+    if finished is not None:
+      results[cell] = finished
+  to_train = [cell for cell in cells if cell not in results]
+  print(f'{len(results)} of {len(cells)} cells already finished; training '
+        f'{len(to_train)}')
+
+  def write_table():
+    table = render_table1(config, losses, percentiles, results)
+    (workdir / 'table1.md').write_text(table)
+    return table
+
+  table = write_table()
+  for index, cell in enumerate(to_train, start=1):
+    directory = cell_dir(workdir, *cell)
+    print(f'[{index}/{len(to_train)}] {directory}')
+    results[cell] = train.train_and_evaluate(configs[cell], directory)
+    table = write_table()
+  return table
+
+
+def parse_percentiles(values: Sequence[str]) -> list[float]:
+  """Reads ``--percentiles``; raises ``app.UsageError`` unless in [0, 100]."""
+  try:
+    percentiles = [float(value) for value in values]
+  except ValueError as error:
+    raise app.UsageError(f'--percentiles must be numbers: {error}') from None
+  if not all(0 <= p <= 100 for p in percentiles):
+    raise app.UsageError(f'--percentiles must be in [0, 100], got {values}')
+  return percentiles
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  config = FLAGS.config
+  percentiles = parse_percentiles(FLAGS.percentiles)
+  try:
+    for loss in FLAGS.losses:
+      train.check_loss(loss)
+  except ValueError as error:
+    raise app.UsageError(str(error)) from None
+  print(run_sweep(config, FLAGS.workdir, FLAGS.losses, percentiles))
+
+
+def _define_flags():
+  """Defines the command's flags.
+
+  Only when run as a command, so that this module's functions can be
+  imported beside another command's flags of the same names.
+  """
+  flags.DEFINE_string('workdir', None, 'Where everything is written.')
+  flags.DEFINE_list(
+      'losses', list(LOSS_NAMES), 'Loss functions (config.loss), one row each.')
+  flags.DEFINE_list(
+      'percentiles', [f'{p:g}' for p in PAPER_PERCENTILES],
+      'AutoClip percentiles, one column each; 100 never clips.')
+  config_flags.DEFINE_config_file(
+      'config', str(pathlib.Path(__file__).parent / 'configs' / 'default.py'),
+      'Hyperparameters shared by every cell.', lock_config=True)
+  flags.mark_flags_as_required(['workdir'])
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)

@@ -1,0 +1,252 @@
+"""The paper's Figure 1: step size, loss and gradient smoothness in training.
+
+Example (a CPU-sized run; see the README):
+
+  python -m examples.flax_separation.dynamics --workdir=workdir_dynamics \
+      --config=examples/flax_separation/configs/default.py \
+      --percentiles=10,100 --record_every=2 \
+      --config.num_train=400 --config.num_valid=20 --config.num_test=20 \
+      --config.num_layers=1 --config.hidden_size=64 --config.num_epochs=2
+
+Trains one model per percentile with ``train.train_step`` and, every
+``--record_every`` steps, records the loss, the step size
+``||theta_t - theta_{t-1}||``, the gradient norm, AutoClip's threshold and
+the local smoothness (gradient Lipschitz constant) along the step,
+
+  L = ||grad f(theta_t) - grad f(theta_{t-1})|| / ||theta_t - theta_{t-1}||,
+
+with both gradients taken on that step's batch (Zhang et al., 2019;
+Santurkar et al., 2018). Writes ``<workdir>/dynamics_p<percentile>.jsonl``
+and ``<workdir>/figure1.png``: (a) step size and (b) loss over training, and
+one log-log scatter of smoothness against gradient norm per percentile, with
+the Pearson correlation of the logarithms and, for a run that clips, its
+final AutoClip threshold.
+"""
+
+from collections.abc import Callable, Mapping
+import functools
+import json
+import pathlib
+
+from absl import app
+from absl import flags
+from absl import logging
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import matplotlib
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+import optax
+import tqdm
+
+from examples.flax_separation import data
+from examples.flax_separation import spectral
+from examples.flax_separation import sweep
+from examples.flax_separation import train
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+FLAGS = flags.FLAGS
+
+
+def local_lipschitz(grad_fn: Callable[[optax.Params], optax.Updates],
+                    params_before: optax.Params,
+                    params_after: optax.Params) -> jax.Array:
+  """Estimates the gradient's Lipschitz constant along one step.
+
+  Args:
+    grad_fn: the gradient of the loss, as a function of the parameters; for
+      a stochastic loss, on one fixed batch.
+    params_before: ``theta_{t-1}``.
+    params_after: ``theta_t``, of the same structure.
+
+  Returns:
+    ``||grad_fn(theta_t) - grad_fn(theta_{t-1})|| / ||theta_t -
+    theta_{t-1}||``. For ``f(theta) = theta^T A theta / 2`` it is
+    ``||A d|| / ||d||`` with ``d = theta_t - theta_{t-1}``, at most the
+    largest eigenvalue magnitude of ``A``.
+
+  References:
+    Zhang et al., `Why gradient clipping accelerates training: a theoretical
+    justification for adaptivity <https://arxiv.org/abs/1905.11881>`_, 2019.
+    Santurkar et al., `How does batch normalization help optimization?
+    <https://arxiv.org/abs/1805.11604>`_, 2018.
+  """
+  gradient_change = optax.tree.norm(jax.tree.map(
+      jnp.subtract, grad_fn(params_after), grad_fn(params_before)))
+  step = optax.tree.norm(jax.tree.map(jnp.subtract, params_after,
+                                      params_before))
+  return gradient_change / step
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5, 6))
+def _gradient(graphdef, params, rest, mixture, sources, loss_name,
+              chimera_alpha):
+  """The gradient of ``train.batch_loss`` at ``params``, on one batch."""
+  return jax.grad(lambda p: train.batch_loss(
+      nnx.merge(graphdef, p, rest), mixture, sources, loss_name,
+      chimera_alpha))(params)
+
+
+def train_and_record(config: ml_collections.ConfigDict,
+                     workdir: str | pathlib.Path,
+                     record_every: int) -> pathlib.Path:
+  """Trains as ``train.train_and_evaluate`` does, recording the dynamics.
+
+  Nothing is checkpointed or evaluated: a run starts from scratch and
+  overwrites its log.
+
+  Args:
+    config: hyperparameters, as in ``configs/default.py``.
+    workdir: where the log is written (and espeak2mix, unless
+      ``config.data_dir`` is set).
+    record_every: record steps 1, 1 + record_every, 1 + 2 * record_every...
+
+  Returns:
+    ``<workdir>/dynamics_p<percentile>.jsonl``: per recorded step, ``step``,
+    ``loss``, ``step_size``, ``grad_norm`` (at ``theta_{t-1}``, before
+    clipping), ``threshold`` and ``smoothness``.
+  """
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  utterances = train.load_splits(config, workdir)['train']
+  model = train.create_model(config)
+  optimizer = train.create_optimizer(model, config)
+  steps_per_epoch = data.steps_per_epoch(len(utterances), config.batch_size)
+  excerpt_samples = (config.excerpt_frames - 1) * spectral.HOP_LENGTH
+  path = workdir / f'dynamics_p{config.autoclip_percentile:g}.jsonl'
+  step = 0
+  with tqdm.tqdm(total=steps_per_epoch * config.num_epochs, unit='step',
+                 desc=f'p={config.autoclip_percentile:g}') as bar, \
+       path.open('w') as log:
+    for epoch in range(config.num_epochs):
+      for mixture, sources in data.training_batches(
+          utterances, batch_size=config.batch_size,
+          excerpt_samples=excerpt_samples, seed=config.seed, epoch=epoch):
+        mixture, sources = jnp.asarray(mixture), jnp.asarray(sources)
+        recording = step % record_every == 0
+        if recording:
+          # A clone: a split of the model itself would hold the Variables
+          # that train_step updates.
+          graphdef, params_before, rest = nnx.split(nnx.clone(model),
+                                                    nnx.Param, ...)
+        record = train.train_step(model, optimizer, mixture, sources,
+                                  config.loss, config.chimera_alpha)
+        step += 1
+        bar.update()
+        if not recording:
+          continue
+        record = {key: float(value) for key, value in record.items()}
+        record['smoothness'] = float(local_lipschitz(
+            lambda params: _gradient(graphdef, params, rest, mixture, sources,
+                                     config.loss, config.chimera_alpha),
+            params_before, nnx.state(model, nnx.Param)))
+        log.write(json.dumps({'step': step, **record}) + '\n')
+        bar.set_postfix(loss=f'{record["loss"]:.4f}',
+                        smoothness=f'{record["smoothness"]:.3g}')
+  return path
+
+
+def read_dynamics(path: str | pathlib.Path) -> dict[str, np.ndarray]:
+  """Reads a ``dynamics_p*.jsonl`` log as one array per field."""
+  records = [json.loads(line)
+             for line in pathlib.Path(path).read_text().splitlines()]
+  return {key: np.array([r[key] for r in records]) for key in records[0]}
+
+
+def log_log_pearson(x: np.ndarray, y: np.ndarray) -> float:
+  """Pearson r of ``log x`` and ``log y`` over the points where both are > 0."""
+  keep = (x > 0) & (y > 0) & np.isfinite(x) & np.isfinite(y)
+  return float(np.corrcoef(np.log(x[keep]), np.log(y[keep]))[0, 1])
+
+
+def plot_figure1(runs: Mapping[float, pathlib.Path], path: str | pathlib.Path,
+                 loss_name: str) -> None:
+  """Draws the figure: step size, loss, and smoothness against grad norm.
+
+  Args:
+    runs: each percentile's ``dynamics_p*.jsonl``.
+    path: the PNG to write.
+    loss_name: the runs' ``config.loss``, for the loss axis.
+  """
+  figure, axes = plt.subplots(1, 2 + len(runs),
+                              figsize=(4.3 * (2 + len(runs)), 3.9))
+  step_axis, loss_axis, *scatter_axes = axes
+  for letter, (percentile, log_path), scatter_axis, color in zip(
+      'cdefgh', runs.items(), scatter_axes, ('C0', 'C1', 'C2', 'C3', 'C4')):
+    log = read_dynamics(log_path)
+    label = f'p={percentile:g}' if percentile < 100 else 'no clipping'
+    step_axis.plot(log['step'], log['step_size'], color=color, linewidth=0.8,
+                   label=label)
+    loss_axis.plot(log['step'], log['loss'], color=color, linewidth=0.8,
+                   label=label)
+    r = log_log_pearson(log['grad_norm'], log['smoothness'])
+    scatter_axis.scatter(log['grad_norm'], log['smoothness'], s=8,
+                         alpha=0.6, color=color, label=f'Pearson r = {r:.2f}')
+    if percentile < 100:
+      scatter_axis.axvline(log['threshold'][-1], color='k', linestyle='--',
+                           linewidth=1,
+                           label=f'final threshold {log["threshold"][-1]:.3g}')
+    scatter_axis.set(xscale='log', yscale='log', xlabel='gradient norm',
+                     ylabel='smoothness (local Lipschitz)',
+                     title=f'({letter}) {label}: smoothness vs grad norm')
+  step_axis.set(title='(a) step size ||θ_t − θ_{t−1}||', xlabel='step',
+                yscale='log')
+  loss_axis.set(title='(b) training loss', xlabel='step',
+                ylabel=f'{loss_name} loss')
+  for axis in axes:
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+  figure.tight_layout()
+  figure.savefig(path, dpi=90)
+  plt.close(figure)
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  percentiles = sweep.parse_percentiles(FLAGS.percentiles)
+  workdir = pathlib.Path(FLAGS.workdir)
+  runs = {}
+  for percentile in percentiles:
+    config = FLAGS.config.copy_and_resolve_references()
+    with config.unlocked():
+      config.autoclip_percentile = percentile
+    runs[percentile] = train_and_record(config, workdir,
+                                       FLAGS.record_every)
+  plot_figure1(runs, workdir / 'figure1.png', FLAGS.config.loss)
+  for percentile, log_path in runs.items():
+    log = read_dynamics(log_path)
+    print(f'p={percentile:g}: {len(log["step"])} records, final loss '
+          f'{log["loss"][-1]:.4f}, Pearson r (log smoothness, log grad norm) '
+          f'{log_log_pearson(log["grad_norm"], log["smoothness"]):.2f}, '
+          f'final threshold {log["threshold"][-1]:.3g}')
+  print(f'figure: {workdir / "figure1.png"}')
+
+
+def _define_flags():
+  """Defines the command's flags.
+
+  Only when run as a command, so that this module's functions can be
+  imported beside another command's flags of the same names.
+  """
+  flags.DEFINE_string('workdir', None, 'Where everything is written.')
+  flags.DEFINE_list(
+      'percentiles', ['10', '100'],
+      'AutoClip percentiles to train with, one run each; 100 never clips.')
+  flags.DEFINE_integer(
+      'record_every', 5,
+      'Record every this many steps; a recorded step costs two more gradients.',
+      lower_bound=1)
+  config_flags.DEFINE_config_file(
+      'config', str(pathlib.Path(__file__).parent / 'configs' / 'default.py'),
+      'Hyperparameters.', lock_config=True)
+  flags.mark_flags_as_required(['workdir'])
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)

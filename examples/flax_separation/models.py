@@ -1,4 +1,4 @@
-"""BLSTM mask-inference network for two-speaker separation.
+"""BLSTM mask-inference and embedding networks for two-speaker separation.
 
 References:
   Seetharaman, Wichern, Pardo & Le Roux, `AutoClip: Adaptive Gradient Clipping
@@ -7,6 +7,8 @@ References:
   Wang, Le Roux & Hershey, `Alternative Objective Functions for Deep Clustering
   <https://doi.org/10.1109/ICASSP.2018.8462507>`_, ICASSP 2018.
 """
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -161,12 +163,37 @@ class BidirectionalLSTM(nnx.Module):
         [hidden_states[:, _FORWARD], hidden_states[::-1, _BACKWARD]], axis=-1)
 
 
+def _blstm_stack(num_freqs, hidden_size, num_layers, rngs):
+  layer_inputs = [num_freqs] + [2 * hidden_size] * (num_layers - 1)
+  return nnx.List([
+      BidirectionalLSTM(in_features, hidden_size, rngs=rngs)
+      for in_features in layer_inputs
+  ])
+
+
+def _run_blstm_stack(blstm_layers, log_magnitude):
+  """`[batch, frames, freqs]` to time-major features `[frames, batch, 2H]`."""
+  features = jnp.swapaxes(log_magnitude, 0, 1)
+  for blstm in blstm_layers:
+    features = blstm(features)
+  return features
+
+
+def _sigmoid_masks(mask_layer, features, num_sources, num_freqs):
+  """Time-major features to masks `[batch, sources, frames, freqs]`."""
+  masks = jax.nn.sigmoid(mask_layer(features))
+  frames, batch_size = features.shape[:2]
+  masks = masks.reshape(frames, batch_size, num_sources, num_freqs)
+  return jnp.transpose(masks, (1, 2, 0, 3))
+
+
 class BLSTMMaskNet(nnx.Module):
   """Stacked BLSTMs and a sigmoid layer that estimate one mask per source.
 
   This is the mask-inference network of the AutoClip experiments (the MI head
-  of Chimera++). The paper uses 4 layers of 600 units per direction; the
-  smaller default keeps CPU training practical.
+  of Chimera++), trained with `L_MI` or, through the inverse STFT, `L_SNR`.
+  The paper uses 4 layers of 600 units per direction; the smaller default
+  keeps CPU training practical.
   """
 
   def __init__(
@@ -189,11 +216,7 @@ class BLSTMMaskNet(nnx.Module):
     """
     self.num_freqs = num_freqs
     self.num_sources = num_sources
-    layer_inputs = [num_freqs] + [2 * hidden_size] * (num_layers - 1)
-    self.blstm_layers = nnx.List([
-        BidirectionalLSTM(in_features, hidden_size, rngs=rngs)
-        for in_features in layer_inputs
-    ])
+    self.blstm_layers = _blstm_stack(num_freqs, hidden_size, num_layers, rngs)
     self.mask_layer = nnx.Linear(
         2 * hidden_size, num_sources * num_freqs, rngs=rngs)
 
@@ -206,10 +229,93 @@ class BLSTMMaskNet(nnx.Module):
     Returns:
       Masks in (0, 1), `[batch, num_sources, frames, num_freqs]`.
     """
-    features = jnp.swapaxes(log_magnitude, 0, 1)
-    for blstm in self.blstm_layers:
-      features = blstm(features)
-    masks = jax.nn.sigmoid(self.mask_layer(features))
+    features = _run_blstm_stack(self.blstm_layers, log_magnitude)
+    return _sigmoid_masks(self.mask_layer, features, self.num_sources,
+                          self.num_freqs)
+
+
+class Estimates(NamedTuple):
+  """What `BLSTMEmbeddingNet` estimates for a batch of mixtures.
+
+  Attributes:
+    embeddings: `[batch, frames, freqs, embedding_dim]`, unit norm per
+      time-frequency bin.
+    masks: `[batch, sources, frames, freqs]` in (0, 1), or None without a
+      mask head.
+  """
+  embeddings: jax.Array
+  masks: jax.Array | None
+
+
+class BLSTMEmbeddingNet(nnx.Module):
+  """Stacked BLSTMs with a deep-clustering embedding head (and a mask head).
+
+  The embedding head is a linear layer to `embedding_dim` values per
+  time-frequency bin, a tanh, and a normalisation of each bin's vector to
+  unit length, as in deep clustering (Hershey et al.) and Chimera++. Without a
+  mask head this is the network of `L_DC` and `L_WKM`, separated by k-means on
+  the embeddings; with one (`mask_head=True`) it is the Chimera++ network,
+  whose two heads share the BLSTM stack and which separates with its masks.
+
+  References:
+    Hershey, Chen, Le Roux & Watanabe, `Deep clustering: Discriminative
+    embeddings for segmentation and separation
+    <https://arxiv.org/abs/1508.04306>`_, ICASSP 2016.
+
+    Wang, Le Roux & Hershey, `Alternative Objective Functions for Deep
+    Clustering <https://doi.org/10.1109/ICASSP.2018.8462507>`_, ICASSP 2018.
+  """
+
+  def __init__(
+      self,
+      *,
+      num_freqs: int = 129,
+      hidden_size: int = 300,
+      num_layers: int = 2,
+      embedding_dim: int = 20,
+      mask_head: bool = False,
+      num_sources: int = 2,
+      rngs: nnx.Rngs,
+  ):
+    """Initialises the network.
+
+    Args:
+      num_freqs: frequency bins per frame, of the input, embeddings and masks.
+      hidden_size: LSTM units per direction in every layer.
+      num_layers: number of stacked bidirectional LSTM layers.
+      embedding_dim: length of each time-frequency bin's embedding.
+      mask_head: also estimate one mask per source (Chimera++).
+      num_sources: number of masks to estimate, with a mask head.
+      rngs: random streams; `rngs.params` initialises the weights.
+    """
+    self.num_freqs = num_freqs
+    self.num_sources = num_sources
+    self.embedding_dim = embedding_dim
+    self.blstm_layers = _blstm_stack(num_freqs, hidden_size, num_layers, rngs)
+    self.embedding_layer = nnx.Linear(
+        2 * hidden_size, num_freqs * embedding_dim, rngs=rngs)
+    self.mask_layer = (nnx.Linear(2 * hidden_size, num_sources * num_freqs,
+                                  rngs=rngs) if mask_head else None)
+
+  def __call__(self, log_magnitude: jax.Array) -> Estimates:
+    """Estimates embeddings (and masks) from the log-magnitude spectrogram.
+
+    Args:
+      log_magnitude: `[batch, frames, num_freqs]`.
+
+    Returns:
+      The `Estimates`; `masks` is None without a mask head.
+    """
+    features = _run_blstm_stack(self.blstm_layers, log_magnitude)
+    embeddings = jnp.tanh(self.embedding_layer(features))
     frames, batch_size = features.shape[:2]
-    masks = masks.reshape(frames, batch_size, self.num_sources, self.num_freqs)
-    return jnp.transpose(masks, (1, 2, 0, 3))
+    embeddings = embeddings.reshape(
+        frames, batch_size, self.num_freqs, self.embedding_dim)
+    # The small floor keeps the normalisation's gradient finite at zero.
+    embeddings = embeddings / jnp.sqrt(
+        jnp.sum(embeddings**2, axis=-1, keepdims=True) + 1e-12)
+    masks = None
+    if self.mask_layer is not None:
+      masks = _sigmoid_masks(self.mask_layer, features, self.num_sources,
+                             self.num_freqs)
+    return Estimates(jnp.swapaxes(embeddings, 0, 1), masks)

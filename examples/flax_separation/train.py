@@ -1,4 +1,8 @@
-"""Trains and evaluates the BLSTM mask-inference network with AutoClip.
+"""Trains and evaluates a BLSTM separation network with AutoClip.
+
+``config.loss`` picks one of the AutoClip paper's five losses (``LOSSES``):
+the network (masks, embeddings or both), the loss ``train_step`` descends,
+and how ``separate`` turns the network's output into masks.
 
 ``train_and_evaluate(config, workdir)`` writes everything under ``workdir``:
 ``checkpoints/`` (the latest state, every ``checkpoint_every_steps``),
@@ -9,6 +13,7 @@ An interrupted run started again with the same config resumes from its last
 checkpoint with the same data order and identical next steps.
 """
 
+import functools
 import json
 import pathlib
 import time
@@ -24,6 +29,7 @@ import soundfile
 import tqdm
 
 from autoclip_optax import autoclip
+from examples.flax_separation import clustering
 from examples.flax_separation import data
 from examples.flax_separation import losses
 from examples.flax_separation import metrics
@@ -35,7 +41,30 @@ from examples.flax_separation import spectral
 EVAL_LENGTH_QUANTUM = 8 * spectral.SAMPLE_RATE
 
 
-def create_model(config: ml_collections.ConfigDict) -> models.BLSTMMaskNet:
+# ``config.loss``: AutoClip's eqs. 4 to 8.
+LOSSES = ('mi', 'dc', 'wkm', 'chimera', 'snr')
+# Losses of an embedding network; the others train a mask network.
+_EMBEDDING_LOSSES = ('dc', 'wkm', 'chimera')
+
+
+def check_loss(loss_name: str) -> None:
+  """Raises ValueError unless ``loss_name`` is one of ``LOSSES``."""
+  if loss_name not in LOSSES:
+    raise ValueError(f'config.loss must be one of {", ".join(LOSSES)}, got '
+                     f'{loss_name!r}')
+
+
+def create_model(
+    config: ml_collections.ConfigDict
+) -> models.BLSTMMaskNet | models.BLSTMEmbeddingNet:
+  """The network ``config.loss`` trains: a mask net or an embedding net."""
+  check_loss(config.loss)
+  if config.loss in _EMBEDDING_LOSSES:
+    return models.BLSTMEmbeddingNet(hidden_size=config.hidden_size,
+                                    num_layers=config.num_layers,
+                                    embedding_dim=config.embedding_dim,
+                                    mask_head=config.loss == 'chimera',
+                                    rngs=nnx.Rngs(config.seed))
   return models.BLSTMMaskNet(hidden_size=config.hidden_size,
                              num_layers=config.num_layers,
                              rngs=nnx.Rngs(config.seed))
@@ -55,29 +84,90 @@ def _estimate_masks(model, mixture):
   return spectrogram, model(spectral.log_magnitude(spectrogram))
 
 
-@nnx.jit
-def train_step(model: models.BLSTMMaskNet, optimizer: nnx.Optimizer,
-               mixture: jax.Array, sources: jax.Array) -> dict[str, jax.Array]:
-  """One Adam step on the permutation-invariant PSA loss.
+def _istft_with_finite_gradient(spectrogram, length):
+  """``spectral.istft``, dividing by the window sum only where it is kept.
+
+  ``spectral.istft`` divides the whole overlap-added signal by the overlap-added
+  squared window and then cuts off the padding. The first padded sample's
+  window sum is 0: its 0/0 is cut off in the forward pass, but in the backward
+  pass its zero cotangent is divided by 0 too, which makes every gradient
+  through ``spectral.istft`` NaN. Workaround until ``spectral.istft`` slices
+  before it divides; then use it instead.
+  """
+  # pylint: disable=protected-access
+  window = spectral.sqrt_hann_window()
+  frames = jnp.fft.irfft(spectrogram, n=spectral.WINDOW_LENGTH, axis=-1)
+  signal = spectral._overlap_add((frames * window).astype(jnp.float32))
+  window_sum = spectral._overlap_add(jnp.broadcast_to(
+      window**2, (spectrogram.shape[-2], spectral.WINDOW_LENGTH)))
+  kept = slice(spectral._EDGE_PADDING, spectral._EDGE_PADDING + length)
+  return signal[..., kept] / window_sum[kept]
+
+
+def _resynthesise(masks, mixture_spectrogram, length):
+  """Masks the mixture, keeps its phase, and inverts the STFT: ``[B, C, T]``."""
+  return _istft_with_finite_gradient(masks * mixture_spectrogram[:, None],
+                                     length)
+
+
+def batch_loss(model: nnx.Module, mixture: jax.Array, sources: jax.Array,
+               loss_name: str = 'mi', chimera_alpha: float = 0.75
+               ) -> jax.Array:
+  """The training loss of a batch, as ``config.loss`` names it.
+
+  Args:
+    model: a network from ``create_model`` for the same loss.
+    mixture: ``[batch, samples]``.
+    sources: ``[batch, 2, samples]``.
+    loss_name: one of ``LOSSES``.
+    chimera_alpha: weight of ``L_MI`` in the Chimera loss.
+
+  Returns:
+    A scalar loss.
+  """
+  check_loss(loss_name)
+  mixture_spectrogram, outputs = _estimate_masks(model, mixture)
+  source_spectrograms = spectral.stft(sources)
+  if loss_name == 'mi':
+    return losses.psa_mask_loss(outputs, mixture_spectrogram,
+                                source_spectrograms)
+  if loss_name == 'snr':
+    return losses.snr_loss(
+        _resynthesise(outputs, mixture_spectrogram, mixture.shape[-1]),
+        sources)
+  if loss_name == 'dc':
+    return losses.deep_clustering_loss(
+        outputs.embeddings, mixture_spectrogram, source_spectrograms)
+  if loss_name == 'wkm':
+    return losses.whitened_kmeans_loss(
+        outputs.embeddings, mixture_spectrogram, source_spectrograms)
+  return losses.chimera_loss(outputs.masks, outputs.embeddings,
+                             mixture_spectrogram, source_spectrograms,
+                             chimera_alpha)
+
+
+@functools.partial(nnx.jit, static_argnames=('loss_name', 'chimera_alpha'))
+def train_step(model: nnx.Module, optimizer: nnx.Optimizer,
+               mixture: jax.Array, sources: jax.Array, loss_name: str = 'mi',
+               chimera_alpha: float = 0.75) -> dict[str, jax.Array]:
+  """One Adam step on the loss ``loss_name`` (see ``batch_loss``).
 
   Args:
     model: the network, updated in place.
     optimizer: its optimizer, updated in place.
     mixture: ``[batch, samples]``.
     sources: ``[batch, 2, samples]``.
+    loss_name: one of ``LOSSES``, matching the model.
+    chimera_alpha: weight of ``L_MI`` in the Chimera loss.
 
   Returns:
     The loss, the gradient norm and AutoClip's threshold at this step, and
     the step size ``||theta_t - theta_{t-1}||``.
   """
-
-  def loss_fn(model):
-    mixture_spectrogram, masks = _estimate_masks(model, mixture)
-    return losses.psa_mask_loss(masks, mixture_spectrogram,
-                                spectral.stft(sources))
-
   params_before = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-  loss, grads = nnx.value_and_grad(loss_fn)(model)
+  loss, grads = nnx.value_and_grad(
+      lambda model: batch_loss(model, mixture, sources, loss_name,
+                               chimera_alpha))(model)
   optimizer.update(model, grads)
   params_after = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   clip_state = optimizer.opt_state[0]
@@ -90,21 +180,41 @@ def train_step(model: models.BLSTMMaskNet, optimizer: nnx.Optimizer,
   }
 
 
-@nnx.jit
-def separate(model: models.BLSTMMaskNet, mixture: jax.Array) -> jax.Array:
-  """Masks the mixture and resynthesises with its phase: ``[batch, 2, T]``."""
-  mixture_spectrogram, masks = _estimate_masks(model, mixture)
-  return spectral.istft(masks * mixture_spectrogram[:, None],
-                        mixture.shape[-1])
+@functools.partial(nnx.jit, static_argnames='loss_name')
+def separate(model: nnx.Module, mixture: jax.Array,
+             loss_name: str = 'mi') -> jax.Array:
+  """Separates with the model's masks, resynthesised with the mixture phase.
+
+  Mask networks (``mi``, ``snr``) and Chimera use their mask head; embedding
+  networks trained with ``dc`` or ``wkm`` use the binary masks of k-means on
+  their embeddings (``clustering.cluster_masks``).
+
+  Args:
+    model: a network from ``create_model`` for the same loss.
+    mixture: ``[batch, samples]``.
+    loss_name: the loss the model was trained with, one of ``LOSSES``.
+
+  Returns:
+    ``[batch, 2, samples]``.
+  """
+  mixture_spectrogram, outputs = _estimate_masks(model, mixture)
+  if loss_name in ('dc', 'wkm'):
+    masks = clustering.cluster_masks(outputs.embeddings, mixture_spectrogram)
+  elif loss_name == 'chimera':
+    masks = outputs.masks
+  else:
+    masks = outputs
+  return _resynthesise(masks, mixture_spectrogram, mixture.shape[-1])
 
 
-def evaluate(model, utterances, batch_size):
+def evaluate(model, utterances, batch_size, loss_name='mi'):
   """Separates every utterance; returns per-source SI-SDR and SI-SDRi (dB).
 
   Args:
     model: the network.
     utterances: ``data.Utterance`` list.
     batch_size: mixtures separated at once.
+    loss_name: the loss the model was trained with (see ``separate``).
 
   Returns:
     ``(si_sdr, si_sdri, estimates)``: two ``[utterances, 2]`` arrays and the
@@ -118,7 +228,7 @@ def evaluate(model, utterances, batch_size):
     batch = np.zeros((batch_size, padded_length), np.float32)
     for row, utterance in enumerate(chunk):
       batch[row, :len(utterance.mixture)] = utterance.mixture
-    separated = np.asarray(separate(model, jnp.asarray(batch)))
+    separated = np.asarray(separate(model, jnp.asarray(batch), loss_name))
     for row, utterance in enumerate(chunk):
       estimate = separated[row, :, :len(utterance.mixture)]
       estimates.append(estimate)
@@ -215,6 +325,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   Returns:
     The results written to ``<workdir>/results.json``.
   """
+  check_loss(config.loss)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   splits = load_splits(config, workdir)
@@ -235,7 +346,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   excerpt_samples = (config.excerpt_frames - 1) * spectral.HOP_LENGTH
 
   def validate_and_save():
-    _, si_sdri, _ = evaluate(model, splits['valid'], config.eval_batch_size)
+    _, si_sdri, _ = evaluate(model, splits['valid'], config.eval_batch_size,
+                             config.loss)
     valid_si_sdri = float(si_sdri.mean())
     with validation_path.open('a') as log:
       log.write(json.dumps({'step': step, 'si_sdri': valid_si_sdri}) + '\n')
@@ -246,7 +358,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   started = time.perf_counter() - progress['train_seconds']
   with tqdm.tqdm(total=total_steps, initial=step, unit='step',
-                 desc=f'p={config.autoclip_percentile:g}') as bar, \
+                 desc=f'{config.loss} p={config.autoclip_percentile:g}') as bar, \
        log_path.open('a') as log:
     while step < total_steps:
       epoch, step_in_epoch = divmod(step, steps_per_epoch)
@@ -255,8 +367,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           excerpt_samples=excerpt_samples, seed=config.seed, epoch=epoch,
           start_step=step_in_epoch):
         record = {k: float(v) for k, v in train_step(
-            model, optimizer, jnp.asarray(mixture),
-            jnp.asarray(sources)).items()}
+            model, optimizer, jnp.asarray(mixture), jnp.asarray(sources),
+            config.loss, config.chimera_alpha).items()}
         step += 1
         log.write(json.dumps({'step': step, **record}) + '\n')
         bar.update()
@@ -271,10 +383,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   checkpoints.close()
   checkpoints.restore_best(model)
   si_sdr, si_sdri, estimates = evaluate(model, splits['test'],
-                                        config.eval_batch_size)
+                                        config.eval_batch_size, config.loss)
   _write_examples(workdir / 'separated', splits['test'], estimates,
                   config.num_example_wavs)
   results = {
+      'loss': config.loss,
       'autoclip_percentile': config.autoclip_percentile,
       'steps': step,
       'train_seconds': round(progress['train_seconds'], 1),

@@ -116,3 +116,25 @@ def test_tiny_model_overfits_one_batch():
   for _ in range(200):
     final_loss = float(train_step(model, optimizer))
   assert final_loss < initial_loss / 5
+
+
+def test_embedding_net_estimates_unit_norm_embeddings_only():
+  model = models.BLSTMEmbeddingNet(hidden_size=8, num_layers=1,
+                                   embedding_dim=20, rngs=nnx.Rngs(0))
+  log_magnitude = jax.random.normal(jax.random.key(1), (3, 11, 129))
+  estimates = model(log_magnitude)
+  assert estimates.masks is None
+  assert estimates.embeddings.shape == (3, 11, 129, 20)
+  np.testing.assert_allclose(
+      np.linalg.norm(estimates.embeddings, axis=-1), 1.0, rtol=1e-5)
+
+
+def test_chimera_net_has_both_heads_on_one_blstm_stack():
+  model = models.BLSTMEmbeddingNet(hidden_size=8, num_layers=2,
+                                   embedding_dim=20, mask_head=True,
+                                   rngs=nnx.Rngs(0))
+  estimates = model(jax.random.normal(jax.random.key(1), (3, 11, 129)))
+  assert estimates.embeddings.shape == (3, 11, 129, 20)
+  assert estimates.masks.shape == (3, 2, 11, 129)
+  assert np.all((estimates.masks > 0) & (estimates.masks < 1))
+  assert len(model.blstm_layers) == 2

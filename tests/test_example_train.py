@@ -3,9 +3,12 @@
 import json
 
 from flax import nnx
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from examples.flax_separation import spectral
 from examples.flax_separation import train
 from examples.flax_separation.configs import default
 
@@ -93,3 +96,37 @@ def test_optimizer_is_autoclip_then_adam():
   optimizer = train.create_optimizer(train.create_model(config), config)
   assert type(optimizer.opt_state[0]).__name__ == 'AutoClipState'
   assert isinstance(optimizer, nnx.Optimizer)
+
+
+@pytest.mark.parametrize('loss', ['dc', 'wkm', 'chimera', 'snr'])
+def test_every_loss_trains_and_evaluates_to_finite_results(
+    tmp_path, data_dir, loss):
+  config = tiny_config(data_dir, 1)
+  config.loss = loss
+  results = train.train_and_evaluate(config, tmp_path / loss)
+  assert results['steps'] == 4 and results['loss'] == loss
+  assert np.isfinite(results['test_si_sdri'])
+  log = read_log(tmp_path / loss)
+  assert all(np.isfinite(r['loss']) and np.isfinite(r['grad_norm'])
+             for r in log)
+
+
+def test_unknown_loss_is_rejected_before_data_is_generated(tmp_path):
+  config = tiny_config(tmp_path / 'data', 1)
+  config.loss = 'sdr'
+  with pytest.raises(ValueError, match=r"config.loss must be one of mi, dc, "
+                     r"wkm, chimera, snr, got 'sdr'"):
+    train.train_and_evaluate(config, tmp_path / 'run')
+  assert not (tmp_path / 'data').exists()
+
+
+def test_resynthesis_inverts_the_stft_with_finite_gradients():
+  mixture = jax.random.normal(jax.random.key(0), (2, 999))
+  spectrogram = spectral.stft(mixture)
+  ones = jnp.ones((2, 1) + spectrogram.shape[1:])
+  # pylint: disable-next=protected-access
+  resynthesise = lambda masks: train._resynthesise(masks, spectrogram, 999)
+  np.testing.assert_allclose(resynthesise(ones)[:, 0],
+                             spectral.istft(spectrogram, 999), atol=1e-5)
+  gradient = jax.grad(lambda masks: jnp.sum(resynthesise(masks)**2))(ones)
+  assert np.all(np.isfinite(gradient))

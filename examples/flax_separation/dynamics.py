@@ -175,14 +175,24 @@ def plot_figure1(runs: Mapping[float, pathlib.Path], path: str | pathlib.Path,
   figure, axes = plt.subplots(1, 2 + len(runs),
                               figsize=(4.3 * (2 + len(runs)), 3.9))
   step_axis, loss_axis, *scatter_axes = axes
-  for letter, (percentile, log_path), scatter_axis, color in zip(
-      'cdefgh', runs.items(), scatter_axes, ('C0', 'C1', 'C2', 'C3', 'C4')):
+  for scatter_axis in scatter_axes[1:]:
+    scatter_axis.sharex(scatter_axes[0])
+    scatter_axis.sharey(scatter_axes[0])
+  for index, ((percentile, log_path), scatter_axis) in enumerate(
+      zip(runs.items(), scatter_axes)):
     log = read_dynamics(log_path)
+    color = f'C{index}'
     label = f'p={percentile:g}' if percentile < 100 else 'no clipping'
     step_axis.plot(log['step'], log['step_size'], color=color, linewidth=0.8,
                    label=label)
-    loss_axis.plot(log['step'], log['loss'], color=color, linewidth=0.8,
-                   label=label)
+    # The loss of single batches is noisy: a moving average over ~1/20 of
+    # the run, over the faint raw values.
+    width = max(1, len(log['loss']) // 20)
+    loss_axis.plot(log['step'], log['loss'], color=color, linewidth=0.5,
+                   alpha=0.3)
+    loss_axis.plot(log['step'][width - 1:],
+                   np.convolve(log['loss'], np.ones(width) / width, 'valid'),
+                   color=color, label=f'{label} (moving average)')
     r = log_log_pearson(log['grad_norm'], log['smoothness'])
     scatter_axis.scatter(log['grad_norm'], log['smoothness'], s=8,
                          alpha=0.6, color=color, label=f'Pearson r = {r:.2f}')
@@ -192,7 +202,8 @@ def plot_figure1(runs: Mapping[float, pathlib.Path], path: str | pathlib.Path,
                            label=f'final threshold {log["threshold"][-1]:.3g}')
     scatter_axis.set(xscale='log', yscale='log', xlabel='gradient norm',
                      ylabel='smoothness (local Lipschitz)',
-                     title=f'({letter}) {label}: smoothness vs grad norm')
+                     title=f'({"cdefghij"[index]}) {label}: smoothness vs '
+                     'grad norm')
   step_axis.set(title='(a) step size ||θ_t − θ_{t−1}||', xlabel='step',
                 yscale='log')
   loss_axis.set(title='(b) training loss', xlabel='step',

@@ -7,9 +7,7 @@ Exits non-zero (with the assertion) when results differ from the reference.
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import AxisType
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec

@@ -1,5 +1,7 @@
 """Tests for examples/flax_separation/spectral.py."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.signal
@@ -49,3 +51,12 @@ def test_log_magnitude_of_silence_is_finite():
   features = spectral.log_magnitude(spectral.stft(np.zeros(512, np.float32)))
   assert np.all(np.isfinite(features))
   np.testing.assert_allclose(features, np.log(1e-8), rtol=1e-6)
+
+
+def test_istft_gradient_is_finite():
+  # The overlap-added window is 0 at the first padded sample; dividing there
+  # before cutting the padding made every gradient through istft NaN.
+  spectrogram = spectral.stft(jax.random.normal(jax.random.key(0), (2, 999)))
+  gradient = jax.grad(
+      lambda s: jnp.sum(jnp.abs(spectral.istft(s, 999))**2))(spectrogram)
+  assert np.all(np.isfinite(gradient))

@@ -46,7 +46,7 @@ def plot_runs(runs: dict[str, pathlib.Path], path: pathlib.Path) -> None:
     validation = _read_jsonl(pathlib.Path(workdir) / 'validation.jsonl')
     valid_axis.plot(validation['step'], validation['si_sdri'], 'o-',
                     color=color, label=label)
-  loss_axis.set(title=f'training loss (moving average)', xlabel='step',
+  loss_axis.set(title='training loss (moving average)', xlabel='step',
                 ylabel='PSA L1 loss')
   step_axis.set(title='step size ||θ_t − θ_{t−1}|| (moving average)',
                 xlabel='step', yscale='log')

@@ -95,10 +95,11 @@ def istft(spectrogram: jax.Array, length: int) -> jax.Array:
   signal = _overlap_add(frames.astype(jnp.float32))
   window_sum = _overlap_add(
       jnp.broadcast_to(window**2, (frame_count, WINDOW_LENGTH)))
-  # The squared window sums to 2 in the interior and to more than 0.5 at the
-  # edges, so the division is safe wherever samples are returned.
-  signal = signal / window_sum
-  return signal[..., _EDGE_PADDING:_EDGE_PADDING + length]
+  # Cut the padding first: its first sample has a window sum of exactly 0,
+  # and dividing there would make every gradient through istft NaN. Where
+  # samples are kept the sum is 2 inside and more than 0.5 at the edges.
+  kept = slice(_EDGE_PADDING, _EDGE_PADDING + length)
+  return signal[..., kept] / window_sum[kept]
 
 
 def log_magnitude(spectrogram: jax.Array, eps: float = 1e-8) -> jax.Array:

@@ -84,30 +84,9 @@ def _estimate_masks(model, mixture):
   return spectrogram, model(spectral.log_magnitude(spectrogram))
 
 
-def _istft_with_finite_gradient(spectrogram, length):
-  """``spectral.istft``, dividing by the window sum only where it is kept.
-
-  ``spectral.istft`` divides the whole overlap-added signal by the overlap-added
-  squared window and then cuts off the padding. The first padded sample's
-  window sum is 0: its 0/0 is cut off in the forward pass, but in the backward
-  pass its zero cotangent is divided by 0 too, which makes every gradient
-  through ``spectral.istft`` NaN. Workaround until ``spectral.istft`` slices
-  before it divides; then use it instead.
-  """
-  # pylint: disable=protected-access
-  window = spectral.sqrt_hann_window()
-  frames = jnp.fft.irfft(spectrogram, n=spectral.WINDOW_LENGTH, axis=-1)
-  signal = spectral._overlap_add((frames * window).astype(jnp.float32))
-  window_sum = spectral._overlap_add(jnp.broadcast_to(
-      window**2, (spectrogram.shape[-2], spectral.WINDOW_LENGTH)))
-  kept = slice(spectral._EDGE_PADDING, spectral._EDGE_PADDING + length)
-  return signal[..., kept] / window_sum[kept]
-
-
 def _resynthesise(masks, mixture_spectrogram, length):
   """Masks the mixture, keeps its phase, and inverts the STFT: ``[B, C, T]``."""
-  return _istft_with_finite_gradient(masks * mixture_spectrogram[:, None],
-                                     length)
+  return spectral.istft(masks * mixture_spectrogram[:, None], length)
 
 
 def batch_loss(model: nnx.Module, mixture: jax.Array, sources: jax.Array,

@@ -1,5 +1,6 @@
 """AutoClip: clip by global norm to a percentile of the norms seen so far."""
 
+import functools
 import numbers
 from typing import NamedTuple
 
@@ -8,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from autoclip_optax import _groups
 from autoclip_optax import _percentile
 from autoclip_optax import _window
 
@@ -19,11 +21,17 @@ DEFAULT_MAX_HISTORY = 100_000
 class AutoClipState(NamedTuple):
   """State of :func:`autoclip`.
 
+  Shapes are those of the default global mode. With ``group_by``, every field
+  gains a leading axis of ``num_groups``, one row per group: ``count``,
+  ``grad_norm``, ``threshold`` and ``oldest`` are ``[num_groups]``,
+  ``history`` and ``sorted_history`` ``[num_groups, max_history]``.
+
   Attributes:
     count: int32, finite gradient norms recorded since ``init`` (saturates at
       the int32 maximum).
     grad_norm: float32, the global norm of the updates at the last step,
-      before clipping (NaN or inf when those updates were not finite).
+      before clipping (NaN or inf when those updates were not finite); per
+      group, the norm of that group's leaves.
     threshold: float32, the clipping threshold used at the last step; ``+inf``
       while no finite norm has been recorded (no clipping).
     history: float32 ``[max_history]`` ring buffer of recorded norms, oldest
@@ -69,22 +77,80 @@ def _validate(percentile, max_history) -> None:
         f'{max_history}')
 
 
-def _global_norm(updates) -> jax.Array:
-  """Global L2 norm, accumulated in float32 (or wider) whatever the dtypes."""
+def _squared_norm(leaf) -> jax.Array:
+  """Sum of squares, accumulated in float32 (or wider) whatever the dtype."""
+  wide = leaf.astype(jnp.promote_types(leaf.dtype, jnp.float32))
+  return jnp.sum(jnp.real(wide * jnp.conj(wide)))
 
-  def squared_norm(leaf):
-    wide = leaf.astype(jnp.promote_types(leaf.dtype, jnp.float32))
-    return jnp.sum(jnp.real(wide * jnp.conj(wide)))
 
-  squares = [squared_norm(leaf) for leaf in jax.tree.leaves(updates)]
-  return jnp.sqrt(sum(squares, jnp.float32(0))).astype(jnp.float32)
+def _group_norms(leaves, group_of_leaf, num_groups) -> jax.Array:
+  """float32 ``[num_groups]``: the L2 norm of each group's leaves."""
+  squares = [[] for _ in range(num_groups)]
+  for leaf, group in zip(leaves, group_of_leaf):
+    squares[group].append(_squared_norm(leaf))
+  return jnp.asarray([jnp.sqrt(sum(group_squares, jnp.float32(0)))
+                      for group_squares in squares], jnp.float32)
+
+
+def _empty_state(max_history, num_groups) -> AutoClipState:
+  """A state with nothing recorded; ``num_groups=None`` is the global mode."""
+  groups = () if num_groups is None else (num_groups,)
+
+  def full(shape, value, dtype=jnp.float32):
+    # Separate buffers, so that the state can be donated.
+    return jnp.full(groups + shape, value, dtype)
+
+  return AutoClipState(
+      count=full((), 0, jnp.int32),
+      grad_norm=full((), 0.0),
+      threshold=full((), jnp.inf),
+      history=full((max_history,), jnp.inf),
+      sorted_history=full((max_history,), jnp.inf),
+      oldest=full((), jnp.inf),
+  )
+
+
+def _record_and_threshold(state, grad_norm, percentile, max_history):
+  """One group's step: records a finite norm, returns scale and new state.
+
+  Args:
+    state: the group's :class:`AutoClipState`, global-mode shapes.
+    grad_norm: float32 scalar, the group's norm at this step.
+    percentile: float32 scalar in [0, 100].
+    max_history: the window's size.
+
+  Returns:
+    The factor to multiply the group's updates by, and the new state.
+  """
+  finite = jnp.isfinite(grad_norm)
+  slot = state.count % max_history
+  leaving = state.oldest
+  # A non-finite norm swaps the leaving value for itself: nothing changes.
+  arriving = jnp.where(finite, grad_norm, leaving)
+  history = state.history.at[slot].set(arriving)
+  sorted_history = _window.replace_in_sorted(
+      state.sorted_history, leaving, arriving)
+  count = jnp.where(finite, optax.safe_increment(state.count), state.count)
+  threshold = _percentile.sorted_percentile(
+      sorted_history, jnp.minimum(count, max_history), percentile)
+  # Division-free when not clipping; threshold 0 gives 0, not 0/0.
+  scale = jnp.where(grad_norm > threshold, threshold / grad_norm, 1.0)
+  return scale, AutoClipState(
+      count=count,
+      grad_norm=grad_norm,
+      threshold=threshold,
+      history=history,
+      sorted_history=sorted_history,
+      oldest=history[count % max_history],
+  )
 
 
 def autoclip(
     percentile: float | jax.Array = 10.0,
     max_history: int = DEFAULT_MAX_HISTORY,
+    group_by: _groups.GroupBy = None,
 ) -> optax.GradientTransformation:
-  """Clips updates by global norm to a percentile of their past norms.
+  """Clips updates by norm to a percentile of their past norms.
 
   At each step the global L2 norm of the updates is recorded in a window of
   the last ``max_history`` finite norms (the current one included), and the
@@ -92,30 +158,50 @@ def autoclip(
   whenever their norm exceeds it. The percentile is ``np.percentile``'s
   (linear interpolation) over the recorded norms only.
 
+  With ``group_by``, the leaves are split into groups and each group keeps
+  its own window and threshold: its leaves are clipped by their own norm
+  against their own percentile, independently of the other groups.
+
   Non-finite norms are never recorded, so one bad batch cannot poison the
-  threshold; pair with :func:`optax.apply_if_finite` to skip such steps. Until
-  a finite norm is recorded nothing is clipped. A threshold of 0 yields zero
-  updates, never NaN.
+  threshold; pair with :func:`optax.apply_if_finite` to skip such steps. With
+  groups, only the groups whose norm is non-finite skip recording; the others
+  record theirs as usual. Until a finite norm is recorded nothing is clipped.
+  A threshold of 0 yields zero updates, never NaN.
 
   Args:
     percentile: which percentile of the recorded norms to clip to, in
       [0, 100]; 100 never clips. May be an array (for example through
       :func:`optax.inject_hyperparams`); a traced value is clipped to
-      [0, 100], NaN counting as 100.
+      [0, 100], NaN counting as 100. The same percentile for every group.
     max_history: how many recent norms the window holds. The paper kept the
       whole history (about 80k steps in its runs); the default 100,000 covers
-      that and costs 800 KB of state (8 bytes a slot). Each step reads and
-      writes the window once, so its cost grows linearly with this size.
+      that and costs 800 KB of state (8 bytes a slot) per group. Each step
+      reads and writes the window once, so its cost grows linearly with this
+      size.
+    group_by: ``None`` (the default) for one global norm and threshold;
+      ``'leaf'`` for one group per leaf, numbered in ``jax.tree.leaves``
+      order; or labels in the style of :func:`optax.multi_transform`'s
+      ``param_labels``: a pytree of hashable, sortable labels (str or int)
+      with the structure of the params or a prefix of it, or a function
+      returning one given the params. Groups are numbered in sorted label
+      order. A function is called on the params in ``init`` and on the
+      updates in ``update`` (which may get no params), so it must depend on
+      the tree's structure only. Under :func:`optax.inject_hyperparams`,
+      name it in ``static_args``.
 
   Returns:
     A :class:`optax.GradientTransformation` whose state is an
-    :class:`AutoClipState`.
+    :class:`AutoClipState`: scalars and ``[max_history]`` windows in the
+    global mode; with ``group_by``, ``[num_groups]`` and
+    ``[num_groups, max_history]``.
 
   Raises:
     ValueError: ``percentile`` outside [0, 100] or NaN; ``max_history``
-      outside [1, 2**24].
+      outside [1, 2**24]; ``group_by`` a string other than ``'leaf'``. At
+      ``init`` or ``update``: labels that do not match the tree's structure,
+      or updates with a different number of groups than the state.
     TypeError: ``percentile`` not a real number, or ``max_history`` not an
-      int (bools and floats are rejected).
+      int (bools and floats are rejected); labels that cannot be sorted.
 
   References:
     Seetharaman et al., `AutoClip: Adaptive Gradient Clipping for Source
@@ -134,53 +220,50 @@ def autoclip(
     >>> updates, state = tx.update({'w': jnp.array([30.0, 40.0])}, state)
     >>> print(updates['w'])
     [-5.7 -7.6]
+
+    One threshold per leaf:
+
+    >>> tx = autoclip(10.0, max_history=1000, group_by='leaf')
+    >>> state = tx.init({'b': jnp.zeros(1), 'w': jnp.zeros(2)})
+    >>> for b, w in [(1.0, 5.0), (10.0, 5.0)]:
+    ...   updates, state = tx.update(
+    ...       {'b': jnp.array([b]), 'w': jnp.array([w, 0.0])}, state)
+    >>> print(state.threshold, updates['b'], updates['w'])
+    [1.9 5. ] [1.9] [5. 0.]
   """
   _validate(percentile, max_history)
+  _groups.validate(group_by)
 
   def init_fn(params):
-    del params
-    def empty_window():
-      # Separate buffers, so that the state can be donated.
-      return jnp.full((max_history,), jnp.inf, jnp.float32)
-
-    return AutoClipState(
-        count=jnp.zeros([], jnp.int32),
-        grad_norm=jnp.zeros([], jnp.float32),
-        threshold=jnp.full([], jnp.inf, jnp.float32),
-        history=empty_window(),
-        sorted_history=empty_window(),
-        oldest=jnp.full([], jnp.inf, jnp.float32),
-    )
+    _, num_groups = _groups.assign(group_by, params)
+    return _empty_state(max_history,
+                        None if group_by is None else num_groups)
 
   def update_fn(updates, state, params=None):
     del params
-    grad_norm = _global_norm(updates)
-    finite = jnp.isfinite(grad_norm)
-    slot = state.count % max_history
-    leaving = state.oldest
-    # A non-finite norm swaps the leaving value for itself: nothing changes.
-    arriving = jnp.where(finite, grad_norm, leaving)
-    history = state.history.at[slot].set(arriving)
-    sorted_history = _window.replace_in_sorted(
-        state.sorted_history, leaving, arriving)
-    count = jnp.where(finite, optax.safe_increment(state.count), state.count)
-
+    group_of_leaf, num_groups = _groups.assign(group_by, updates)
+    if group_by is not None and state.count.shape != (num_groups,):
+      raise ValueError(
+          f'group_by gives {num_groups} groups for the updates, but the '
+          f'state was initialised with {state.count.shape[0]}: the params '
+          'given to init and the updates must have the same structure')
+    leaves, treedef = jax.tree.flatten(updates)
     clipped_percentile = jnp.clip(
         jnp.nan_to_num(jnp.asarray(percentile, jnp.float32), nan=100.0),
         0.0, 100.0)
-    threshold = _percentile.sorted_percentile(
-        sorted_history, jnp.minimum(count, max_history), clipped_percentile)
-    # Division-free when not clipping; threshold 0 gives 0, not 0/0.
-    scale = jnp.where(grad_norm > threshold, threshold / grad_norm, 1.0)
-    updates = jax.tree.map(lambda leaf: leaf * scale.astype(leaf.dtype),
-                           updates)
-    return updates, AutoClipState(
-        count=count,
-        grad_norm=grad_norm,
-        threshold=threshold,
-        history=history,
-        sorted_history=sorted_history,
-        oldest=history[count % max_history],
-    )
+    step = functools.partial(_record_and_threshold,
+                             percentile=clipped_percentile,
+                             max_history=max_history)
+    grad_norms = _group_norms(leaves, group_of_leaf, num_groups)
+    if group_by is None:
+      scale, state = step(state, grad_norms[0])
+    else:
+      # One trace for all groups; the window's loop runs as long as the
+      # longest shift among them.
+      scale, state = jax.vmap(step)(state, grad_norms)
+    scale = jnp.atleast_1d(scale)
+    clipped = [leaf * scale[group].astype(leaf.dtype)
+               for leaf, group in zip(leaves, group_of_leaf)]
+    return jax.tree.unflatten(treedef, clipped), state
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -6,9 +6,18 @@ Both slots are found by binary search, and only the blocks that hold that
 range are rewritten, in place: a step costs at most one pass over the window
 (O(H), memory-bound), usually a fraction of one, instead of a sort
 (O(H log H)).
+
+A batch of windows (one per parameter group) is updated one window after
+another inside a single loop, each by its own number of blocks: the work is
+the sum of their shifts, and the program does not grow with the batch.
+:func:`replace_in_sorted` takes that path under ``jax.vmap`` too, where vmap's
+own rule would run the loop for the longest shift with a select between the
+old and new windows, a pass over all of them, on every iteration, and would
+turn the block reads and writes into gathers and scatters.
 """
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,25 +27,19 @@ import jax.numpy as jnp
 CPU_BLOCK_SIZE = 16384
 
 
-def replace_in_sorted_blockwise(sorted_values: jax.Array, leaving: jax.Array,
-                                arriving: jax.Array,
-                                block_size: int) -> jax.Array:
-  """Removes one occurrence of ``leaving`` and inserts ``arriving``.
+class _Shift(NamedTuple):
+  """Where one window's values move: indices into the sorted window."""
 
-  Args:
-    sorted_values: a 1-D array sorted in ascending order, without NaNs.
-    leaving: a value present in ``sorted_values``.
-    arriving: the value that takes its place; not NaN.
-    block_size: how many elements each loop iteration rewrites (static);
-      capped at the window's size.
+  arriving: jax.Array  # The new value, in the window's dtype.
+  insert_at: jax.Array  # Its index in the result.
+  first: jax.Array  # The lowest index that changes.
+  last: jax.Array  # The highest index that changes.
+  moving_down: jax.Array  # Whether values take their upper neighbour's.
 
-  Returns:
-    An array of the same shape and dtype, sorted, holding the same values as
-    ``sorted_values`` with ``leaving`` swapped for ``arriving``. When
-    ``leaving == arriving`` it is ``sorted_values`` unchanged.
-  """
-  size = sorted_values.shape[0]
-  block_size = min(block_size, size)
+
+def _plan_shift(sorted_values: jax.Array, leaving: jax.Array,
+                arriving: jax.Array) -> _Shift:
+  """Finds the range that replacing ``leaving`` by ``arriving`` shifts."""
   arriving = arriving.astype(sorted_values.dtype)
   leave_at = jnp.searchsorted(sorted_values, leaving, side='left')
   arrive_before = jnp.searchsorted(sorted_values, arriving, side='left')
@@ -44,48 +47,104 @@ def replace_in_sorted_blockwise(sorted_values: jax.Array, leaving: jax.Array,
   # leaves is below it, since everything above that slot moves down.
   insert_at = jnp.where(leave_at < arrive_before, arrive_before - 1,
                         arrive_before)
-  first = jnp.minimum(leave_at, insert_at)
-  last = jnp.maximum(leave_at, insert_at)
-  # Values move down (each takes its upper neighbour's) when the leaving slot
-  # is below the new one. Blocks are then rewritten upwards, so that every
-  # neighbour read is still unwritten; otherwise downwards.
-  moving_down = leave_at < insert_at
-  offsets = jax.lax.iota(jnp.int32, block_size)
-
-  def rewrite_block(carry):
-    block_number, values = carry
-    nominal_start = jnp.where(moving_down, first + block_number * block_size,
-                              last + 1 - (block_number + 1) * block_size)
-    start = jnp.clip(nominal_start, 0, size - block_size)
-    block = jax.lax.dynamic_slice(values, (start,), (block_size,))
-    below = values[jnp.maximum(start - 1, 0)]  # Unused at the window's ends.
-    above = values[jnp.minimum(start + block_size, size - 1)]
-    index = start + offsets
-    # A block clamped at the window's end overlaps the one before it.
-    already_written = jnp.where(moving_down,
-                                index < first + block_number * block_size,
-                                index > last - block_number * block_size)
-    moving = (index >= first) & (index <= last) & ~already_written
-    neighbour = jnp.where(
-        moving_down,
-        jnp.concatenate([block[1:], above[None]]),
-        jnp.concatenate([below[None], block[:-1]]),
-    )
-    rewritten = jnp.where(index == insert_at, arriving,
-                          jnp.where(moving, neighbour, block))
-    return block_number + 1, jax.lax.dynamic_update_slice(
-        values, rewritten, (start,))
-
-  num_blocks = (last - first) // block_size + 1
-  _, result = jax.lax.while_loop(lambda carry: carry[0] < num_blocks,
-                                 rewrite_block,
-                                 (jnp.zeros([], jnp.int32), sorted_values))
-  return result
+  return _Shift(arriving=arriving,
+                insert_at=insert_at,
+                first=jnp.minimum(leave_at, insert_at),
+                last=jnp.maximum(leave_at, insert_at),
+                moving_down=leave_at < insert_at)
 
 
+def _rewrite_block(rows: jax.Array, row: jax.Array, block_number: jax.Array,
+                   shift: _Shift, block_size: int) -> jax.Array:
+  """Shifts the ``block_number``-th block of ``shift``'s range of ``row``.
+
+  Blocks are rewritten upwards when values move down (each takes its upper
+  neighbour's) and downwards otherwise, so that every neighbour read is still
+  unwritten.
+  """
+  size = rows.shape[1]
+  first, last, moving_down = shift.first, shift.last, shift.moving_down
+  nominal_start = jnp.where(moving_down, first + block_number * block_size,
+                            last + 1 - (block_number + 1) * block_size)
+  start = jnp.clip(nominal_start, 0, size - block_size)
+  block = jax.lax.dynamic_slice(rows, (row, start), (1, block_size))[0]
+  below = rows[row, jnp.maximum(start - 1, 0)]  # Unused at the window's ends.
+  above = rows[row, jnp.minimum(start + block_size, size - 1)]
+  index = start + jax.lax.iota(jnp.int32, block_size)
+  # A block clamped at the window's end overlaps the one before it.
+  already_written = jnp.where(moving_down,
+                              index < first + block_number * block_size,
+                              index > last - block_number * block_size)
+  moving = (index >= first) & (index <= last) & ~already_written
+  neighbour = jnp.where(
+      moving_down,
+      jnp.concatenate([block[1:], above[None]]),
+      jnp.concatenate([below[None], block[:-1]]),
+  )
+  rewritten = jnp.where(index == shift.insert_at, shift.arriving,
+                        jnp.where(moving, neighbour, block))
+  return jax.lax.dynamic_update_slice(rows, rewritten[None], (row, start))
+
+
+def replace_in_sorted_blockwise(sorted_values: jax.Array, leaving: jax.Array,
+                                arriving: jax.Array,
+                                block_size: int) -> jax.Array:
+  """Removes one occurrence of ``leaving`` and inserts ``arriving``.
+
+  Args:
+    sorted_values: a window, ``[size]``, sorted in ascending order, without
+      NaNs; or a batch of such windows, ``[..., size]``.
+    leaving: a value present in the window; shape ``[...]``, one per window.
+    arriving: the value that takes its place, not NaN; one per window.
+    block_size: how many elements each loop iteration rewrites (static);
+      capped at the window's size.
+
+  Returns:
+    An array of the same shape and dtype, each window sorted, holding the
+    same values as before with ``leaving`` swapped for ``arriving``. Where
+    ``leaving == arriving`` the window is unchanged.
+  """
+  size = sorted_values.shape[-1]
+  block_size = min(block_size, size)
+  rows = sorted_values.reshape(-1, size)
+  if rows.shape[0] == 0:  # An empty batch: nothing to index.
+    return sorted_values
+  shifts = jax.vmap(_plan_shift)(rows, jnp.reshape(leaving, (-1,)),
+                                 jnp.reshape(arriving, (-1,)))
+
+  def replace_in_row(row, rows):
+    shift = jax.tree.map(lambda field: field[row], shifts)
+    num_blocks = (shift.last - shift.first) // block_size + 1
+    _, rows = jax.lax.while_loop(
+        lambda carry: carry[0] < num_blocks,
+        lambda carry: (carry[0] + 1, _rewrite_block(
+            carry[1], row, carry[0], shift, block_size)),
+        (jnp.zeros([], jnp.int32), rows))
+    return rows
+
+  rows = jax.lax.fori_loop(0, rows.shape[0], replace_in_row, rows)
+  return rows.reshape(sorted_values.shape)
+
+
+def _replace_in_sorted_for_platform(sorted_values: jax.Array,
+                                    leaving: jax.Array,
+                                    arriving: jax.Array) -> jax.Array:
+  return jax.lax.platform_dependent(
+      sorted_values, leaving, arriving,
+      cpu=functools.partial(replace_in_sorted_blockwise,
+                            block_size=CPU_BLOCK_SIZE),
+      default=functools.partial(replace_in_sorted_blockwise,
+                                block_size=sorted_values.shape[-1]),
+  )
+
+
+@jax.custom_batching.custom_vmap
 def replace_in_sorted(sorted_values: jax.Array, leaving: jax.Array,
                       arriving: jax.Array) -> jax.Array:
   """:func:`replace_in_sorted_blockwise` with the block size for the platform.
+
+  Under ``jax.vmap``, the batch of windows is updated one after another in
+  one loop (see the module docstring).
 
   Args:
     sorted_values: a 1-D array sorted in ascending order, without NaNs.
@@ -95,10 +154,13 @@ def replace_in_sorted(sorted_values: jax.Array, leaving: jax.Array,
   Returns:
     ``sorted_values`` with ``leaving`` swapped for ``arriving``, sorted.
   """
-  return jax.lax.platform_dependent(
-      sorted_values, leaving, arriving,
-      cpu=functools.partial(replace_in_sorted_blockwise,
-                            block_size=CPU_BLOCK_SIZE),
-      default=functools.partial(replace_in_sorted_blockwise,
-                                block_size=sorted_values.shape[0]),
-  )
+  return _replace_in_sorted_for_platform(sorted_values, leaving, arriving)
+
+
+@replace_in_sorted.def_vmap
+def _replace_in_sorted_batch(axis_size, in_batched, *args):
+  sorted_values, leaving, arriving = (
+      arg if batched else jnp.broadcast_to(arg, (axis_size,) + arg.shape)
+      for arg, batched in zip(args, in_batched))
+  return _replace_in_sorted_for_platform(sorted_values, leaving,
+                                         arriving), True

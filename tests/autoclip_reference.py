@@ -34,3 +34,33 @@ def autoclip_reference(update_sequence, percentiles, max_history):
                  for name, leaf in updates.items()}
     steps.append((clipped, norm, threshold, list(recorded)))
   return steps
+
+
+def grouped_autoclip_reference(update_sequence, percentiles, max_history,
+                               label_of):
+  """Runs :func:`autoclip_reference` on each group of leaves on its own.
+
+  Args:
+    update_sequence: list of dicts of arrays, one dict per step.
+    percentiles: one percentile per step.
+    max_history: how many recent finite norms each group's window keeps.
+    label_of: a function from a leaf's name to its group's label.
+
+  Returns:
+    Per step: (clipped updates, norms, thresholds, windows), the last three
+    lists with one entry per group in sorted label order.
+  """
+  names = list(update_sequence[0])
+  labels = sorted({label_of(name) for name in names})
+  per_group = [
+      autoclip_reference(
+          [{name: updates[name] for name in names if label_of(name) == label}
+           for updates in update_sequence], percentiles, max_history)
+      for label in labels]
+  steps = []
+  for group_steps in zip(*per_group):
+    clipped_parts, norms, thresholds, windows = zip(*group_steps)
+    clipped = {name: leaf
+               for part in clipped_parts for name, leaf in part.items()}
+    steps.append((clipped, list(norms), list(thresholds), list(windows)))
+  return steps

@@ -74,3 +74,30 @@ def test_keeps_dtype_and_shape():
   window = jnp.zeros(8, jnp.float32)
   result = replace_in_sorted(window, jnp.float32(0), jnp.float32(1))
   assert result.shape == (8,) and result.dtype == jnp.float32
+
+
+@pytest.mark.parametrize('block_size', [1, 3, 4096])
+def test_batch_of_windows_replaces_in_each_like_numpy(block_size):
+  rng = np.random.default_rng(block_size)
+  replace = jax.jit(functools.partial(_window.replace_in_sorted_blockwise,
+                                      block_size=block_size))
+  windows = np.sort(rng.integers(0, 7, (3, 50)).astype(np.float32), axis=1)
+  for _ in range(50):
+    leaving = windows[np.arange(3), rng.integers(50, size=3)]
+    arriving = (rng.integers(-1, 8, 3) + rng.choice([0.0, 0.5], 3)).astype(
+        np.float32)
+    arriving[1] = leaving[1]  # One window unchanged while the others shift.
+    expected = [numpy_replace(*row) for row in zip(windows, leaving, arriving)]
+    windows = np.asarray(replace(windows, leaving, arriving))
+    np.testing.assert_array_equal(windows, expected)
+
+
+def test_vmap_of_platform_default_updates_windows_one_after_another():
+  windows = np.tile(np.arange(6, dtype=np.float32), (3, 1))
+  result = jax.jit(jax.vmap(_window.replace_in_sorted))(
+      windows, np.float32([5, 0, 2]), np.float32([-1, 9, 2]))
+  np.testing.assert_array_equal(
+      result, [[-1, 0, 1, 2, 3, 4], [1, 2, 3, 4, 5, 9], [0, 1, 2, 3, 4, 5]])
+  hlo = jax.jit(jax.vmap(_window.replace_in_sorted)).lower(
+      windows, np.zeros(3, np.float32), np.zeros(3, np.float32)).as_text()
+  assert 'scatter' not in hlo

@@ -1,0 +1,93 @@
+"""Parameter groups: which group each leaf of an updates pytree belongs to.
+
+A grouping is resolved from the structure of a pytree alone, never from its
+values, so ``init`` (which sees the params) and every ``update`` (which sees
+the updates, often without params) find the same groups. Group indices are
+Python ints: they are static under ``jit``.
+"""
+
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
+
+import jax
+
+LEAF = 'leaf'
+
+GroupBy = None | str | Callable[[Any], Any] | Any
+
+
+def validate(group_by: GroupBy) -> None:
+  """Raises for a ``group_by`` that cannot give groups for any pytree.
+
+  Args:
+    group_by: ``None``, ``'leaf'``, a callable returning a pytree of labels,
+      or a pytree of labels.
+
+  Raises:
+    ValueError: ``group_by`` is a string other than ``'leaf'``.
+    TypeError: a pytree of labels whose labels cannot be sorted.
+  """
+  if group_by is None or callable(group_by):
+    return
+  if isinstance(group_by, str):
+    if group_by != LEAF:
+      raise ValueError(
+          f"group_by must be None, '{LEAF}', a callable returning a pytree of "
+          f'labels, or a pytree of labels; got the string {group_by!r}')
+    return
+  _label_order(jax.tree.leaves(group_by))
+
+
+def _label_order(labels: Sequence[Hashable]) -> dict[Hashable, int]:
+  """Maps each distinct label to its group index, in sorted label order."""
+  try:
+    return {label: index for index, label in enumerate(sorted(set(labels)))}
+  except TypeError as error:
+    raise TypeError(
+        'group_by labels must be hashable and mutually orderable (for '
+        f'example all str), got {sorted(set(map(repr, labels)))}') from error
+
+
+def _leaf_labels(labels, tree) -> list[Hashable]:
+  """One label per leaf of ``tree``; ``labels`` may be a prefix of ``tree``."""
+  label_structure = jax.tree.structure(labels)
+  try:
+    subtrees = label_structure.flatten_up_to(tree)
+  except (ValueError, TypeError) as error:
+    raise ValueError(
+        'group_by must give a pytree of labels with the structure of the '
+        f'params and updates or a prefix of it; the tree is '
+        f'{jax.tree.structure(tree)}, the labels {label_structure}') from error
+  return [label
+          for label, subtree in zip(jax.tree.leaves(labels), subtrees)
+          for _ in jax.tree.leaves(subtree)]
+
+
+def assign(group_by: GroupBy, tree) -> tuple[tuple[int, ...], int]:
+  """The group of each leaf of ``tree``, and how many groups there are.
+
+  Args:
+    group_by: as for :func:`validate`. ``None`` puts every leaf in group 0;
+      ``'leaf'`` puts leaf ``i`` in group ``i``; labels (returned by the
+      callable, called on ``tree``, or given directly) number their groups in
+      sorted label order.
+    tree: the params or updates pytree.
+
+  Returns:
+    The group index of each leaf, in ``jax.tree.leaves`` order, and the
+    number of groups.
+
+  Raises:
+    ValueError: the labels are not a pytree with the structure of ``tree``
+      or a prefix of it.
+    TypeError: labels that cannot be sorted.
+  """
+  num_leaves = len(jax.tree.leaves(tree))
+  if group_by is None:
+    return (0,) * num_leaves, 1
+  if isinstance(group_by, str):
+    return tuple(range(num_leaves)), num_leaves
+  labels = group_by(tree) if callable(group_by) else group_by
+  leaf_labels = _leaf_labels(labels, tree)
+  order = _label_order(leaf_labels)
+  return tuple(order[label] for label in leaf_labels), len(order)

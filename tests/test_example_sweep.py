@@ -93,6 +93,12 @@ def test_results_of_another_config_do_not_count(tmp_path):
   assert sweep.finished_results(tmp_path, other) is None
 
 
+def test_truncated_results_do_not_count(tmp_path):
+  config = sweep.cell_config(default.get_config(), tmp_path, 'mi', 10.0)
+  (tmp_path / 'results.json').write_text('{"test_si_sdr": 1.0, "con')
+  assert sweep.finished_results(tmp_path, config) is None
+
+
 def test_results_of_a_moved_sweep_still_count(tmp_path):
   config = sweep.cell_config(default.get_config(), tmp_path / 'old', 'mi', 0)
   (tmp_path / 'results.json').write_text(json.dumps(

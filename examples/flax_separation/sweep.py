@@ -81,7 +81,10 @@ def finished_results(directory: pathlib.Path,
   path = pathlib.Path(directory) / 'results.json'
   if not path.exists():
     return None
-  results = json.loads(path.read_text())
+  try:
+    results = json.loads(path.read_text())
+  except json.JSONDecodeError:  # Cut short while being written.
+    return None
   # Compared through JSON, as written (tuples become lists); where the data
   # lies does not change the results, so a moved work directory still counts.
   recorded = dict(results.get('config', {}), data_dir=None)

@@ -7,6 +7,7 @@ from typing import NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from autoclip_optax import _groups
@@ -52,9 +53,12 @@ class AutoClipState(NamedTuple):
 
 
 def _is_concrete_number(value) -> bool:
+  """A real scalar known now: a Python or NumPy number, or a 0-d array."""
   return isinstance(value, numbers.Real) or (
-      isinstance(value, (jax.Array, jnp.ndarray)) and value.ndim == 0
-      and not isinstance(value, jax.core.Tracer))
+      isinstance(value, (jax.Array, np.ndarray)) and value.ndim == 0
+      and not isinstance(value, jax.core.Tracer)
+      and np.issubdtype(value.dtype, np.number)
+      and not np.issubdtype(value.dtype, np.complexfloating))
 
 
 def _validate(percentile, max_history) -> None:

@@ -136,7 +136,8 @@ def test_invalid_percentile_raises(percentile):
     autoclip(percentile)
 
 
-@pytest.mark.parametrize('percentile', ['10', None, [10.0], True])
+@pytest.mark.parametrize('percentile', ['10', None, [10.0], True,
+                                        np.array([10.0]), np.array(1j)])
 def test_non_numeric_percentile_raises(percentile):
   with pytest.raises(TypeError, match='percentile must be a real number'):
     autoclip(percentile)
@@ -153,6 +154,14 @@ def test_out_of_range_max_history_raises(max_history):
   with pytest.raises(ValueError,
                      match=r'max_history must be in \[1, 16777216\]'):
     autoclip(10, max_history=max_history)
+
+
+@pytest.mark.parametrize('percentile', [np.float32(10), np.array(10.0),
+                                        jnp.asarray(10.0), np.int64(10)])
+def test_numpy_and_jax_scalar_percentiles_are_accepted(percentile):
+  tx = autoclip(percentile, max_history=4)
+  _, state = tx.update({'w': jnp.ones(2)}, tx.init({'w': jnp.ones(2)}))
+  assert state.count == 1
 
 
 def test_state_is_arrays_only_with_documented_dtypes():

@@ -7,6 +7,7 @@ import sys
 from absl import app
 import pytest
 
+from examples.flax_separation import cli
 from examples.flax_separation import sweep
 from examples.flax_separation import train
 from examples.flax_separation.configs import default
@@ -151,8 +152,8 @@ def test_espeak2mix_is_shared_under_the_sweep_workdir(tmp_path):
 @pytest.mark.parametrize('values', [['10', 'ten'], ['-1'], ['100.5']])
 def test_bad_percentiles_are_a_usage_error(values):
   with pytest.raises(app.UsageError, match='--percentiles must be'):
-    sweep.parse_percentiles(values)
+    cli.parse_percentiles(values)
 
 
 def test_percentiles_are_read_as_floats():
-  assert sweep.parse_percentiles(['0', '2.5', '100']) == [0.0, 2.5, 100.0]
+  assert cli.parse_percentiles(['0', '2.5', '100']) == [0.0, 2.5, 100.0]

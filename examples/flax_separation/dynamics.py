@@ -36,14 +36,13 @@ import jax
 import jax.numpy as jnp
 import matplotlib
 import ml_collections
-from ml_collections import config_flags
 import numpy as np
 import optax
 import tqdm
 
+from examples.flax_separation import cli
 from examples.flax_separation import data
 from examples.flax_separation import spectral
-from examples.flax_separation import sweep
 from examples.flax_separation import train
 
 matplotlib.use('Agg')
@@ -219,7 +218,7 @@ def plot_figure1(runs: Mapping[float, pathlib.Path], path: str | pathlib.Path,
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  percentiles = sweep.parse_percentiles(FLAGS.percentiles)
+  percentiles = cli.parse_percentiles(FLAGS.percentiles)
   workdir = pathlib.Path(FLAGS.workdir)
   runs = {}
   for percentile in percentiles:
@@ -238,26 +237,11 @@ def main(argv):
   print(f'figure: {workdir / "figure1.png"}')
 
 
-def _define_flags():
-  """Defines the command's flags.
-
-  Only when run as a command, so that this module's functions can be
-  imported beside another command's flags of the same names.
-  """
-  flags.DEFINE_string('workdir', None, 'Where everything is written.')
-  flags.DEFINE_list(
-      'percentiles', ['10', '100'],
-      'AutoClip percentiles to train with, one run each; 100 never clips.')
+if __name__ == '__main__':
+  cli.define_common_flags((10.0, 100.0),
+                          'AutoClip percentiles to train with, one run each')
   flags.DEFINE_integer(
       'record_every', 5,
       'Record every this many steps; a recorded step costs two more gradients.',
       lower_bound=1)
-  config_flags.DEFINE_config_file(
-      'config', str(pathlib.Path(__file__).parent / 'configs' / 'default.py'),
-      'Hyperparameters.', lock_config=True)
-  flags.mark_flags_as_required(['workdir'])
-
-
-if __name__ == '__main__':
-  _define_flags()
   app.run(main)

@@ -15,43 +15,24 @@ import json
 import pathlib
 
 from absl import app
-from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
+from examples.flax_separation import cli
 from examples.flax_separation import plots
 from examples.flax_separation import train
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Where everything is written.')
-_PERCENTILES = flags.DEFINE_list(
-    'percentiles', ['10', '100'],
-    'AutoClip percentiles to train with, one run each; 100 never clips.')
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', str(pathlib.Path(__file__).parent / 'configs' / 'default.py'),
-    'Hyperparameters.', lock_config=True)
-flags.mark_flags_as_required(['workdir'])
-
-
-def _percentiles() -> list[float]:
-  try:
-    values = [float(p) for p in _PERCENTILES.value]
-  except ValueError as error:
-    raise app.UsageError(f'--percentiles must be numbers: {error}') from None
-  for value in values:
-    if not 0 <= value <= 100:
-      raise app.UsageError(f'--percentiles must be in [0, 100], got {value}')
-  return values
+FLAGS = cli.FLAGS
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-  percentiles = _percentiles()
-  workdir = pathlib.Path(_WORKDIR.value)
+  percentiles = cli.parse_percentiles(FLAGS.percentiles)
+  workdir = pathlib.Path(FLAGS.workdir)
   runs = {}
   results = {}
   for percentile in percentiles:
-    config = _CONFIG.value.copy_and_resolve_references()
+    config = FLAGS.config.copy_and_resolve_references()
     with config.unlocked():
       config.autoclip_percentile = percentile
       if config.dataset == 'espeak2mix' and not config.data_dir:
@@ -77,4 +58,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  cli.define_common_flags((10.0, 100.0),
+                          'AutoClip percentiles to train with, one run each')
   app.run(main)

@@ -24,8 +24,8 @@ from absl import app
 from absl import flags
 from absl import logging
 import ml_collections
-from ml_collections import config_flags
 
+from examples.flax_separation import cli
 from examples.flax_separation import train
 
 FLAGS = flags.FLAGS
@@ -198,22 +198,11 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   return table
 
 
-def parse_percentiles(values: Sequence[str]) -> list[float]:
-  """Reads ``--percentiles``; raises ``app.UsageError`` unless in [0, 100]."""
-  try:
-    percentiles = [float(value) for value in values]
-  except ValueError as error:
-    raise app.UsageError(f'--percentiles must be numbers: {error}') from None
-  if not all(0 <= p <= 100 for p in percentiles):
-    raise app.UsageError(f'--percentiles must be in [0, 100], got {values}')
-  return percentiles
-
-
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
   config = FLAGS.config
-  percentiles = parse_percentiles(FLAGS.percentiles)
+  percentiles = cli.parse_percentiles(FLAGS.percentiles)
   try:
     for loss in FLAGS.losses:
       train.check_loss(loss)
@@ -222,24 +211,9 @@ def main(argv):
   print(run_sweep(config, FLAGS.workdir, FLAGS.losses, percentiles))
 
 
-def _define_flags():
-  """Defines the command's flags.
-
-  Only when run as a command, so that this module's functions can be
-  imported beside another command's flags of the same names.
-  """
-  flags.DEFINE_string('workdir', None, 'Where everything is written.')
-  flags.DEFINE_list(
-      'losses', list(LOSS_NAMES), 'Loss functions (config.loss), one row each.')
-  flags.DEFINE_list(
-      'percentiles', [f'{p:g}' for p in PAPER_PERCENTILES],
-      'AutoClip percentiles, one column each; 100 never clips.')
-  config_flags.DEFINE_config_file(
-      'config', str(pathlib.Path(__file__).parent / 'configs' / 'default.py'),
-      'Hyperparameters shared by every cell.', lock_config=True)
-  flags.mark_flags_as_required(['workdir'])
-
-
 if __name__ == '__main__':
-  _define_flags()
+  cli.define_common_flags(PAPER_PERCENTILES,
+                          'AutoClip percentiles, one column each')
+  flags.DEFINE_list('losses', list(LOSS_NAMES),
+                    'Loss functions (config.loss), one row each.')
   app.run(main)

@@ -1,0 +1,41 @@
+"""Flags that the example's commands (main, sweep, dynamics) share."""
+
+import pathlib
+from collections.abc import Sequence
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+DEFAULT_CONFIG = str(pathlib.Path(__file__).parent / 'configs' / 'default.py')
+
+
+def define_common_flags(default_percentiles: Sequence[float],
+                        percentiles_help: str) -> None:
+  """Defines ``--workdir`` (required), ``--percentiles`` and ``--config``.
+
+  Called by each command when it runs, not on import, so that the commands'
+  modules can be imported together.
+
+  Args:
+    default_percentiles: the command's AutoClip percentiles.
+    percentiles_help: what one percentile stands for in the command.
+  """
+  flags.DEFINE_string('workdir', None, 'Where everything is written.')
+  flags.DEFINE_list('percentiles', [f'{p:g}' for p in default_percentiles],
+                    f'{percentiles_help}; 100 never clips.')
+  config_flags.DEFINE_config_file('config', DEFAULT_CONFIG, 'Hyperparameters.',
+                                  lock_config=True)
+  flags.mark_flags_as_required(['workdir'])
+
+
+def parse_percentiles(values: Sequence[str]) -> list[float]:
+  """Reads ``--percentiles``; raises ``app.UsageError`` unless in [0, 100]."""
+  try:
+    percentiles = [float(value) for value in values]
+  except ValueError as error:
+    raise app.UsageError(f'--percentiles must be numbers: {error}') from None
+  if not all(0 <= p <= 100 for p in percentiles):
+    raise app.UsageError(f'--percentiles must be in [0, 100], got {values}')
+  return percentiles

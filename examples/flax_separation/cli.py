@@ -5,6 +5,7 @@ from collections.abc import Sequence
 
 from absl import app
 from absl import flags
+import ml_collections
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -39,3 +40,24 @@ def parse_percentiles(values: Sequence[str]) -> list[float]:
   if not all(0 <= p <= 100 for p in percentiles):
     raise app.UsageError(f'--percentiles must be in [0, 100], got {values}')
   return percentiles
+
+
+def run_config(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+               percentile: float) -> ml_collections.ConfigDict:
+  """A copy of ``config`` for one run of a command that trains several.
+
+  Args:
+    config: the settings shared by the command's runs.
+    workdir: the command's work directory; the runs share the espeak2mix set
+      generated under ``<workdir>/data`` unless ``config.data_dir`` is set.
+    percentile: the run's AutoClip percentile.
+
+  Returns:
+    The run's config.
+  """
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.autoclip_percentile = float(percentile)
+    if config.dataset == 'espeak2mix' and not config.data_dir:
+      config.data_dir = str(pathlib.Path(workdir) / 'data')
+  return config

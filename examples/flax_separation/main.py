@@ -32,11 +32,7 @@ def main(argv):
   runs = {}
   results = {}
   for percentile in percentiles:
-    config = FLAGS.config.copy_and_resolve_references()
-    with config.unlocked():
-      config.autoclip_percentile = percentile
-      if config.dataset == 'espeak2mix' and not config.data_dir:
-        config.data_dir = str(workdir / 'data')
+    config = cli.run_config(FLAGS.config, workdir, percentile)
     label = f'p={percentile:g}'
     runs[label] = workdir / f'p{percentile:g}'
     results[label] = train.train_and_evaluate(config, runs[label])

@@ -61,12 +61,9 @@ def cell_config(config: ml_collections.ConfigDict, workdir: pathlib.Path,
     ValueError: if ``loss`` is not one of ``train.LOSSES``.
   """
   train.check_loss(loss)
-  config = config.copy_and_resolve_references()
+  config = cli.run_config(config, workdir, percentile)
   with config.unlocked():
-    config.autoclip_percentile = float(percentile)
     config.loss = loss
-    if config.dataset == 'espeak2mix' and not config.data_dir:
-      config.data_dir = str(pathlib.Path(workdir) / 'data')
   return config
 
 

@@ -240,13 +240,12 @@ def load_splits(config, workdir):
 class _Checkpoints:
   """The latest training state and the best model, with orbax."""
 
-  def __init__(self, workdir, save_every):
+  def __init__(self, workdir):
     options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
     self.latest = ocp.CheckpointManager(
         pathlib.Path(workdir).absolute() / 'checkpoints', options=options)
     self.best = ocp.CheckpointManager(
         pathlib.Path(workdir).absolute() / 'best', options=options)
-    self.save_every = save_every
 
   def save(self, step, model, optimizer, progress):
     self.latest.save(step, args=ocp.args.Composite(
@@ -310,7 +309,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   splits = load_splits(config, workdir)
   model = create_model(config)
   optimizer = create_optimizer(model, config)
-  checkpoints = _Checkpoints(workdir, config.checkpoint_every_steps)
+  checkpoints = _Checkpoints(workdir)
   progress = checkpoints.restore(model, optimizer) or {
       'best_valid_si_sdri': -np.inf, 'train_seconds': 0.0}
   step = int(optimizer.step[...])

@@ -10,7 +10,7 @@ import pytest
 from examples.flax_separation import cli
 from examples.flax_separation import sweep
 from examples.flax_separation import train
-from examples.flax_separation.configs import default
+from examples.flax_separation.configs import sweep_cpu
 from tests.test_example_train import tiny_config
 
 PERCENTILES = (10.0, 100.0)
@@ -22,8 +22,8 @@ def results_mtimes(workdir):
 
 
 def config_flags_for(config):
-  """The ``--config.<field>`` flags that turn the default config into this."""
-  defaults = default.get_config()
+  """The ``--config.<field>`` flags that turn the sweep's default into this."""
+  defaults = sweep_cpu.get_config()
   return [f'--config.{key}={value}' for key, value in config.items()
           if defaults[key] != value]
 
@@ -86,25 +86,25 @@ def test_deleted_results_rerun_only_that_cell(finished_sweep):
 
 
 def test_results_of_another_config_do_not_count(tmp_path):
-  config = sweep.cell_config(default.get_config(), tmp_path, 'mi', 10.0)
+  config = sweep.cell_config(sweep_cpu.get_config(), tmp_path, 'mi', 10.0)
   (tmp_path / 'results.json').write_text(json.dumps(
       {'test_si_sdr': 1.0, 'config': config.to_dict()}))
   assert sweep.finished_results(tmp_path, config)['test_si_sdr'] == 1.0
-  other = sweep.cell_config(default.get_config(), tmp_path, 'mi', 25.0)
+  other = sweep.cell_config(sweep_cpu.get_config(), tmp_path, 'mi', 25.0)
   assert sweep.finished_results(tmp_path, other) is None
 
 
 def test_truncated_results_do_not_count(tmp_path):
-  config = sweep.cell_config(default.get_config(), tmp_path, 'mi', 10.0)
+  config = sweep.cell_config(sweep_cpu.get_config(), tmp_path, 'mi', 10.0)
   (tmp_path / 'results.json').write_text('{"test_si_sdr": 1.0, "con')
   assert sweep.finished_results(tmp_path, config) is None
 
 
 def test_results_of_a_moved_sweep_still_count(tmp_path):
-  config = sweep.cell_config(default.get_config(), tmp_path / 'old', 'mi', 0)
+  config = sweep.cell_config(sweep_cpu.get_config(), tmp_path / 'old', 'mi', 0)
   (tmp_path / 'results.json').write_text(json.dumps(
       {'test_si_sdr': 1.0, 'config': config.to_dict()}))
-  moved = sweep.cell_config(default.get_config(), tmp_path / 'new', 'mi', 0)
+  moved = sweep.cell_config(sweep_cpu.get_config(), tmp_path / 'new', 'mi', 0)
   assert sweep.finished_results(tmp_path, moved) is not None
 
 
@@ -113,7 +113,7 @@ def test_partial_table_shows_dashes_for_cells_not_run():
                             'steps': 50, 'num_test_mixtures': 50},
              ('mi', 100.0): {'test_si_sdr': 6.0, 'test_si_sdri': 6.25,
                              'steps': 50, 'num_test_mixtures': 50}}
-  table = sweep.render_table1(default.get_config(), ['mi'],
+  table = sweep.render_table1(sweep_cpu.get_config(), ['mi'],
                               [0.0, 10.0, 100.0], results)
   assert '| loss | p=0 | p=10 | no clipping (p=100) |' in table
   assert '| Mask inference (mi) | – | **7.12** | 6.00 |' in table
@@ -124,18 +124,18 @@ def test_partial_table_shows_dashes_for_cells_not_run():
 
 
 def test_table_of_no_finished_cells_is_all_dashes():
-  table = sweep.render_table1(default.get_config(), ['mi'], [0.0, 100.0], {})
+  table = sweep.render_table1(sweep_cpu.get_config(), ['mi'], [0.0, 100.0], {})
   assert table.count('| Mask inference (mi) | – | – |') == 2
 
 
 def test_unknown_loss_is_rejected(tmp_path):
   with pytest.raises(ValueError, match='config.loss must be one of'):
-    sweep.cell_config(default.get_config(), tmp_path, 'pit', 10.0)
+    sweep.cell_config(sweep_cpu.get_config(), tmp_path, 'pit', 10.0)
 
 
 @pytest.mark.parametrize('loss', ['mi', 'dc', 'wkm', 'chimera', 'snr'])
 def test_each_loss_is_set_in_the_cell_config(tmp_path, loss):
-  config = sweep.cell_config(default.get_config(), tmp_path, loss, 10.0)
+  config = sweep.cell_config(sweep_cpu.get_config(), tmp_path, loss, 10.0)
   assert config.loss == loss and config.autoclip_percentile == 10.0
 
 
@@ -144,7 +144,7 @@ def test_every_loss_has_a_row_name():
 
 
 def test_espeak2mix_is_shared_under_the_sweep_workdir(tmp_path):
-  config = sweep.cell_config(default.get_config(), tmp_path, 'mi', 90.0)
+  config = sweep.cell_config(sweep_cpu.get_config(), tmp_path, 'mi', 90.0)
   assert config.data_dir == str(tmp_path / 'data')
   assert sweep.cell_dir(tmp_path, 'mi', 90.0) == tmp_path / 'mi' / 'p90'
 

@@ -9,11 +9,12 @@ import ml_collections
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-DEFAULT_CONFIG = str(pathlib.Path(__file__).parent / 'configs' / 'default.py')
+CONFIGS = pathlib.Path(__file__).parent / 'configs'
 
 
 def define_common_flags(default_percentiles: Sequence[float],
-                        percentiles_help: str) -> None:
+                        percentiles_help: str,
+                        default_config: str = 'default.py') -> None:
   """Defines ``--workdir`` (required), ``--percentiles`` and ``--config``.
 
   Called by each command when it runs, not on import, so that the commands'
@@ -22,12 +23,14 @@ def define_common_flags(default_percentiles: Sequence[float],
   Args:
     default_percentiles: the command's AutoClip percentiles.
     percentiles_help: what one percentile stands for in the command.
+    default_config: the file under ``configs/`` that ``--config`` reads
+      unless given.
   """
   flags.DEFINE_string('workdir', None, 'Where everything is written.')
   flags.DEFINE_list('percentiles', [f'{p:g}' for p in default_percentiles],
                     f'{percentiles_help}; 100 never clips.')
-  config_flags.DEFINE_config_file('config', DEFAULT_CONFIG, 'Hyperparameters.',
-                                  lock_config=True)
+  config_flags.DEFINE_config_file('config', str(CONFIGS / default_config),
+                                  'Hyperparameters.', lock_config=True)
   flags.mark_flags_as_required(['workdir'])
 
 

@@ -1,11 +1,8 @@
 """The paper's Table 1: test SI-SDR for every loss and AutoClip percentile.
 
-Example (the README's CPU-sized sweep, 35 cells in about 20 minutes):
+Example (the README's sweep with the CPU default, ``configs/sweep_cpu.py``):
 
-  python -m examples.flax_separation.sweep --workdir=workdir_sweep \
-      --config=examples/flax_separation/configs/default.py \
-      --config.num_train=200 --config.num_valid=20 --config.num_test=50 \
-      --config.num_layers=1 --config.hidden_size=64
+  python -m examples.flax_separation.sweep --workdir=workdir_sweep
 
 Trains and evaluates one run per cell (loss, percentile) with
 ``train.train_and_evaluate`` under ``<workdir>/<loss>/p<percentile>``, on one
@@ -210,7 +207,8 @@ def main(argv):
 
 if __name__ == '__main__':
   cli.define_common_flags(PAPER_PERCENTILES,
-                          'AutoClip percentiles, one column each')
+                          'AutoClip percentiles, one column each',
+                          default_config='sweep_cpu.py')
   flags.DEFINE_list('losses', list(LOSS_NAMES),
                     'Loss functions (config.loss), one row each.')
   app.run(main)

@@ -119,7 +119,7 @@ def test_partial_table_shows_dashes_for_cells_not_run():
   assert '| Mask inference (mi) | – | **7.12** | 6.00 |' in table
   assert '| Mask inference (mi) | – | **7.50** | 6.25 |' in table
   assert '2 of 3 cells finished' in table
-  assert '`hidden_size=300`' in table
+  assert '`hidden_size=128`' in table
   assert 'autoclip_percentile' not in table
 
 

@@ -201,6 +201,8 @@ def plot_figure1(runs: Mapping[float, pathlib.Path], path: str | pathlib.Path,
                      ylabel='smoothness (local Lipschitz)',
                      title=f'({"cdefghij"[index]}) {label}: smoothness vs '
                      'grad norm')
+    # Labels at 2e-3, 3e-3, ... of a short log axis run into each other.
+    scatter_axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
   step_axis.set(title='(a) step size ||θ_t − θ_{t−1}||', xlabel='step',
                 yscale='log')
   loss_axis.set(title='(b) training loss', xlabel='step',

@@ -41,6 +41,11 @@ def num_frames(num_samples: int) -> int:
   return 1 + num_samples // HOP_LENGTH
 
 
+def _padded_length(frame_count: int) -> int:
+  """Returns the length of the padded signal that `frame_count` frames span."""
+  return HOP_LENGTH * (frame_count - 1) + WINDOW_LENGTH
+
+
 def _frame_indices(frame_count: int) -> np.ndarray:
   """Returns the `[frames, WINDOW_LENGTH]` sample index of every frame entry."""
   starts = HOP_LENGTH * np.arange(frame_count)[:, None]
@@ -59,8 +64,8 @@ def stft(waveform: jax.Array) -> jax.Array:
   """
   waveform = jnp.asarray(waveform, jnp.float32)
   frame_count = num_frames(waveform.shape[-1])
-  padded_length = HOP_LENGTH * (frame_count - 1) + WINDOW_LENGTH
-  right_padding = padded_length - _EDGE_PADDING - waveform.shape[-1]
+  right_padding = (_padded_length(frame_count) - _EDGE_PADDING
+                   - waveform.shape[-1])
   padding = [(0, 0)] * (waveform.ndim - 1) + [(_EDGE_PADDING, right_padding)]
   padded = jnp.pad(waveform, padding)
   frames = padded[..., _frame_indices(frame_count)] * sqrt_hann_window()
@@ -70,9 +75,23 @@ def stft(waveform: jax.Array) -> jax.Array:
 def _overlap_add(frames: jax.Array) -> jax.Array:
   """Sums `[..., frames, WINDOW_LENGTH]` windows at their hop positions."""
   frame_count = frames.shape[-2]
-  padded_length = HOP_LENGTH * (frame_count - 1) + WINDOW_LENGTH
-  output = jnp.zeros(frames.shape[:-2] + (padded_length,), frames.dtype)
+  output = jnp.zeros(frames.shape[:-2] + (_padded_length(frame_count),),
+                     frames.dtype)
   return output.at[..., _frame_indices(frame_count)].add(frames)
+
+
+def _squared_window_sum(frame_count: int) -> np.ndarray:
+  """Returns the overlap-added squared window that `istft` divides by.
+
+  It depends only on the (static) frame count, so it is computed in NumPy
+  at trace time: as a constant scatter-add in the graph, XLA would fold it
+  during every compilation, which takes seconds for a minute of audio.
+  """
+  indices = _frame_indices(frame_count)
+  window_sum = np.zeros(_padded_length(frame_count), np.float32)
+  np.add.at(window_sum, indices,
+            np.broadcast_to(sqrt_hann_window()**2, indices.shape))
+  return window_sum
 
 
 def istft(spectrogram: jax.Array, length: int) -> jax.Array:
@@ -89,12 +108,10 @@ def istft(spectrogram: jax.Array, length: int) -> jax.Array:
   Returns:
     A float32 array `[..., length]`.
   """
-  window = sqrt_hann_window()
-  frames = jnp.fft.irfft(spectrogram, n=WINDOW_LENGTH, axis=-1) * window
-  frame_count = spectrogram.shape[-2]
+  frames = (jnp.fft.irfft(spectrogram, n=WINDOW_LENGTH, axis=-1)
+            * sqrt_hann_window())
   signal = _overlap_add(frames.astype(jnp.float32))
-  window_sum = _overlap_add(
-      jnp.broadcast_to(window**2, (frame_count, WINDOW_LENGTH)))
+  window_sum = _squared_window_sum(spectrogram.shape[-2])
   # Cut the padding first: its first sample has a window sum of exactly 0,
   # and dividing there would make every gradient through istft NaN. Where
   # samples are kept the sum is 2 inside and more than 0.5 at the edges.

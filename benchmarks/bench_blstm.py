@@ -4,8 +4,8 @@ Both models are 2 x 300 BLSTM mask networks on a batch of 4 x 400 frames with
 129 bins, each step being the example's own `train.train_step` (STFT, the
 phase-sensitive mask loss, AutoClip and Adam). The baseline
 stacks `nnx.Bidirectional(nnx.RNN(nnx.OptimizedLSTMCell), ...)` layers; the
-other is `BLSTMMaskNet`. Steps of the two alternate so that machine load
-affects both alike, and medians are reported.
+other is `BLSTMNet` with a mask head. Steps of the two alternate so that
+machine load affects both alike, and medians are reported.
 
 Usage:
   python -m benchmarks.bench_blstm   # from the repository root
@@ -32,7 +32,7 @@ TIMED_STEPS = 10
 
 
 class RNNMaskNet(nnx.Module):
-  """`BLSTMMaskNet` built from Flax's own recurrent modules."""
+  """`BLSTMNet` with a mask head, built from Flax's own recurrent modules."""
 
   def __init__(self, *, rngs: nnx.Rngs):
     layer_inputs = ([spectral.NUM_FREQUENCIES]
@@ -53,7 +53,8 @@ class RNNMaskNet(nnx.Module):
       features = blstm(features)
     masks = jax.nn.sigmoid(self.mask_layer(features))
     masks = masks.reshape(features.shape[:2] + (NUM_SOURCES, -1))
-    return jnp.transpose(masks, (0, 2, 1, 3))
+    return models.Estimates(masks=jnp.transpose(masks, (0, 2, 1, 3)),
+                            embeddings=None)
 
 
 def random_batch(key):
@@ -68,7 +69,7 @@ def main():
   config = default.get_config()
   contenders = {
       'nnx.RNN + OptimizedLSTMCell': RNNMaskNet(rngs=nnx.Rngs(0)),
-      'BLSTMMaskNet': models.BLSTMMaskNet(
+      'BLSTMNet': models.BLSTMNet(
           hidden_size=HIDDEN_SIZE, num_layers=NUM_LAYERS, rngs=nnx.Rngs(0)),
   }
   optimizers = {
@@ -94,7 +95,7 @@ def main():
   for name, median in medians.items():
     print(f'{name}: median {median:.3f} s per train step over {TIMED_STEPS}')
   baseline, fast = medians.values()
-  print(f'speed-up of BLSTMMaskNet over nnx.RNN: {baseline / fast:.2f}x')
+  print(f'speed-up of BLSTMNet over nnx.RNN: {baseline / fast:.2f}x')
 
 
 if __name__ == '__main__':

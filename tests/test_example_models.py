@@ -44,9 +44,9 @@ def _reference_blstm(layer, inputs):
 
 
 def test_masks_have_one_map_per_source_in_unit_interval():
-  model = models.BLSTMMaskNet(hidden_size=8, rngs=nnx.Rngs(0))
+  model = models.BLSTMNet(hidden_size=8, rngs=nnx.Rngs(0))
   log_magnitude = jax.random.normal(jax.random.key(1), (3, 11, 129))
-  masks = model(log_magnitude)
+  masks = model(log_magnitude).masks
   assert masks.shape == (3, 2, 11, 129)
   assert np.all((masks > 0) & (masks < 1))
 
@@ -98,14 +98,14 @@ def test_tiny_model_overfits_one_batch():
       rng.standard_normal(shape) + 1j * rng.standard_normal(shape),
       jnp.complex64)
   mixture_spec = source_specs.sum(axis=1)
-  model = models.BLSTMMaskNet(
+  model = models.BLSTMNet(
       num_freqs=16, hidden_size=32, num_layers=1, rngs=nnx.Rngs(0))
   optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
 
   @nnx.jit
   def train_step(model, optimizer):
     def loss_fn(model):
-      masks = model(spectral.log_magnitude(mixture_spec))
+      masks = model(spectral.log_magnitude(mixture_spec)).masks
       return losses.psa_mask_loss(masks, mixture_spec, source_specs)
 
     loss, grads = nnx.value_and_grad(loss_fn)(model)
@@ -119,8 +119,8 @@ def test_tiny_model_overfits_one_batch():
 
 
 def test_embedding_net_estimates_unit_norm_embeddings_only():
-  model = models.BLSTMEmbeddingNet(hidden_size=8, num_layers=1,
-                                   embedding_dim=20, rngs=nnx.Rngs(0))
+  model = models.BLSTMNet(heads=('embeddings',), hidden_size=8, num_layers=1,
+                          embedding_dim=20, rngs=nnx.Rngs(0))
   log_magnitude = jax.random.normal(jax.random.key(1), (3, 11, 129))
   estimates = model(log_magnitude)
   assert estimates.masks is None
@@ -130,9 +130,8 @@ def test_embedding_net_estimates_unit_norm_embeddings_only():
 
 
 def test_chimera_net_has_both_heads_on_one_blstm_stack():
-  model = models.BLSTMEmbeddingNet(hidden_size=8, num_layers=2,
-                                   embedding_dim=20, mask_head=True,
-                                   rngs=nnx.Rngs(0))
+  model = models.BLSTMNet(heads=('masks', 'embeddings'), hidden_size=8,
+                          num_layers=2, embedding_dim=20, rngs=nnx.Rngs(0))
   estimates = model(jax.random.normal(jax.random.key(1), (3, 11, 129)))
   assert estimates.embeddings.shape == (3, 11, 129, 20)
   assert estimates.masks.shape == (3, 2, 11, 129)

@@ -6,10 +6,10 @@ Example (the README's CPU run: the paper's Figure 1 network, 2 x 300, for
   python -m examples.flax_separation.dynamics --workdir=workdir_dynamics \
       --config.num_epochs=2
 
-Trains one model per percentile with ``train.train_step`` and, every
-``--record_every`` steps, records the loss, the step size
-``||theta_t - theta_{t-1}||``, the gradient norm, AutoClip's threshold and
-the local smoothness (gradient Lipschitz constant) along the step,
+Trains one model per percentile with ``train.train_steps``, the loop of
+``train.py``, and, every ``--record_every`` steps, records the loss, the step
+size ``||theta_t - theta_{t-1}||``, the gradient norm, AutoClip's threshold
+and the local smoothness (gradient Lipschitz constant) along the step,
 
   L = ||grad f(theta_t) - grad f(theta_{t-1})|| / ||theta_t - theta_{t-1}||,
 
@@ -36,11 +36,11 @@ import matplotlib
 import ml_collections
 import numpy as np
 import optax
-import tqdm
 
 from examples.flax_separation import cli
-from examples.flax_separation import data
-from examples.flax_separation import spectral
+from examples.flax_separation import input_pipeline
+from examples.flax_separation import loss_registry
+from examples.flax_separation import plots
 from examples.flax_separation import train
 
 matplotlib.use('Agg')
@@ -91,7 +91,7 @@ def _gradient(graphdef, params, rest, mixture, sources, loss_name,
 def train_and_record(config: ml_collections.ConfigDict,
                      workdir: str | pathlib.Path,
                      record_every: int) -> pathlib.Path:
-  """Trains as ``train.train_and_evaluate`` does, recording the dynamics.
+  """Trains with ``train.train_steps``, recording the dynamics.
 
   Nothing is checkpointed or evaluated: a run starts from scratch and
   overwrites its log.
@@ -109,49 +109,28 @@ def train_and_record(config: ml_collections.ConfigDict,
   """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  utterances = train.load_splits(config, workdir)['train']
+  utterances = input_pipeline.load_splits(config, workdir)['train']
   model = train.create_model(config)
   optimizer = train.create_optimizer(model, config)
-  steps_per_epoch = data.steps_per_epoch(len(utterances), config.batch_size)
-  excerpt_samples = (config.excerpt_frames - 1) * spectral.HOP_LENGTH
   path = workdir / f'dynamics_p{config.autoclip_percentile:g}.jsonl'
-  step = 0
-  with tqdm.tqdm(total=steps_per_epoch * config.num_epochs, unit='step',
-                 desc=f'p={config.autoclip_percentile:g}') as bar, \
-       path.open('w') as log:
-    for epoch in range(config.num_epochs):
-      for mixture, sources in data.training_batches(
-          utterances, batch_size=config.batch_size,
-          excerpt_samples=excerpt_samples, seed=config.seed, epoch=epoch):
-        mixture, sources = jnp.asarray(mixture), jnp.asarray(sources)
-        recording = step % record_every == 0
-        if recording:
-          # A clone: a split of the model itself would hold the Variables
-          # that train_step updates.
-          graphdef, params_before, rest = nnx.split(nnx.clone(model),
-                                                    nnx.Param, ...)
-        record = train.train_step(model, optimizer, mixture, sources,
-                                  config.loss, config.chimera_alpha)
-        step += 1
-        bar.update()
-        if not recording:
-          continue
-        record = {key: float(value) for key, value in record.items()}
+  # theta_{t-1} of the next recorded step t, as (graphdef, params, rest). A
+  # clone: a split of the model itself would hold the Variables that
+  # train_step updates.
+  before = nnx.split(nnx.clone(model), nnx.Param, ...)
+  with path.open('w') as log:
+    for step in train.train_steps(model, optimizer, utterances, config):
+      if (step.number - 1) % record_every == 0:
+        graphdef, params_before, rest = before
+        record = {key: float(value) for key, value in step.metrics.items()}
         record['smoothness'] = float(local_lipschitz(
-            lambda params: _gradient(graphdef, params, rest, mixture, sources,
-                                     config.loss, config.chimera_alpha),
+            lambda params: _gradient(graphdef, params, rest, step.mixture,
+                                     step.sources, config.loss,
+                                     config.chimera_alpha),
             params_before, nnx.state(model, nnx.Param)))
-        log.write(json.dumps({'step': step, **record}) + '\n')
-        bar.set_postfix(loss=f'{record["loss"]:.4f}',
-                        smoothness=f'{record["smoothness"]:.3g}')
+        log.write(json.dumps({'step': step.number, **record}) + '\n')
+      if step.number % record_every == 0:
+        before = nnx.split(nnx.clone(model), nnx.Param, ...)
   return path
-
-
-def read_dynamics(path: str | pathlib.Path) -> dict[str, np.ndarray]:
-  """Reads a ``dynamics_p*.jsonl`` log as one array per field."""
-  records = [json.loads(line)
-             for line in pathlib.Path(path).read_text().splitlines()]
-  return {key: np.array([r[key] for r in records]) for key in records[0]}
 
 
 def log_log_pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -161,13 +140,13 @@ def log_log_pearson(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def plot_figure1(runs: Mapping[float, pathlib.Path], path: str | pathlib.Path,
-                 loss_name: str) -> None:
+                 loss_title: str) -> None:
   """Draws the figure: step size, loss, and smoothness against grad norm.
 
   Args:
     runs: each percentile's ``dynamics_p*.jsonl``.
     path: the PNG to write.
-    loss_name: the runs' ``config.loss``, for the loss axis.
+    loss_title: the runs' loss, for the loss axis.
   """
   figure, axes = plt.subplots(1, 2 + len(runs),
                               figsize=(4.3 * (2 + len(runs)), 3.9))
@@ -177,18 +156,16 @@ def plot_figure1(runs: Mapping[float, pathlib.Path], path: str | pathlib.Path,
     scatter_axis.sharey(scatter_axes[0])
   for index, ((percentile, log_path), scatter_axis) in enumerate(
       zip(runs.items(), scatter_axes)):
-    log = read_dynamics(log_path)
+    log = plots.read_jsonl(log_path)
     color = f'C{index}'
     label = f'p={percentile:g}' if percentile < 100 else 'no clipping'
     step_axis.plot(log['step'], log['step_size'], color=color, linewidth=0.8,
                    label=label)
     # The loss of single batches is noisy: a moving average over ~1/20 of
     # the run, over the faint raw values.
-    width = max(1, len(log['loss']) // 20)
     loss_axis.plot(log['step'], log['loss'], color=color, linewidth=0.5,
                    alpha=0.3)
-    loss_axis.plot(log['step'][width - 1:],
-                   np.convolve(log['loss'], np.ones(width) / width, 'valid'),
+    loss_axis.plot(*plots.moving_average(log['step'], log['loss'], 20),
                    color=color, label=f'{label} (moving average)')
     r = log_log_pearson(log['grad_norm'], log['smoothness'])
     scatter_axis.scatter(log['grad_norm'], log['smoothness'], s=8,
@@ -206,7 +183,7 @@ def plot_figure1(runs: Mapping[float, pathlib.Path], path: str | pathlib.Path,
   step_axis.set(title='(a) step size ||θ_t − θ_{t−1}||', xlabel='step',
                 yscale='log')
   loss_axis.set(title='(b) training loss', xlabel='step',
-                ylabel=f'{loss_name} loss')
+                ylabel=f'{loss_title} loss')
   for axis in axes:
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
@@ -222,14 +199,13 @@ def main(argv):
   workdir = pathlib.Path(FLAGS.workdir)
   runs = {}
   for percentile in percentiles:
-    config = FLAGS.config.copy_and_resolve_references()
-    with config.unlocked():
-      config.autoclip_percentile = percentile
-    runs[percentile] = train_and_record(config, workdir,
-                                       FLAGS.record_every)
-  plot_figure1(runs, workdir / 'figure1.png', FLAGS.config.loss)
+    runs[percentile] = train_and_record(
+        cli.run_config(FLAGS.config, workdir, percentile), workdir,
+        FLAGS.record_every)
+  plot_figure1(runs, workdir / 'figure1.png',
+               loss_registry.get(FLAGS.config.loss).title)
   for percentile, log_path in runs.items():
-    log = read_dynamics(log_path)
+    log = plots.read_jsonl(log_path)
     print(f'p={percentile:g}: {len(log["step"])} records, final loss '
           f'{log["loss"][-1]:.4f}, Pearson r (log smoothness, log grad norm) '
           f'{log_log_pearson(log["grad_norm"], log["smoothness"]):.2f}, '

@@ -18,6 +18,7 @@ from absl import app
 from absl import logging
 
 from examples.flax_separation import cli
+from examples.flax_separation import loss_registry
 from examples.flax_separation import plots
 from examples.flax_separation import train
 
@@ -37,7 +38,8 @@ def main(argv):
     runs[label] = workdir / f'p{percentile:g}'
     results[label] = train.train_and_evaluate(config, runs[label])
 
-  plots.plot_runs(runs, workdir / 'training_curves.png')
+  plots.plot_runs(runs, workdir / 'training_curves.png',
+                  loss_registry.get(FLAGS.config.loss).title)
   summary = {label: {key: result[key] for key in (
       'test_si_sdri', 'test_si_sdr', 'best_valid_si_sdri', 'steps',
       'train_seconds')} for label, result in results.items()}

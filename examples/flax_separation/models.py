@@ -187,75 +187,34 @@ def _sigmoid_masks(mask_layer, features, num_sources, num_freqs):
   return jnp.transpose(masks, (1, 2, 0, 3))
 
 
-class BLSTMMaskNet(nnx.Module):
-  """Stacked BLSTMs and a sigmoid layer that estimate one mask per source.
-
-  This is the mask-inference network of the AutoClip experiments (the MI head
-  of Chimera++), trained with `L_MI` or, through the inverse STFT, `L_SNR`.
-  The paper uses 4 layers of 600 units per direction; the smaller default
-  keeps CPU training practical.
-  """
-
-  def __init__(
-      self,
-      *,
-      num_freqs: int = 129,
-      hidden_size: int = 300,
-      num_layers: int = 2,
-      num_sources: int = 2,
-      rngs: nnx.Rngs,
-  ):
-    """Initialises the network.
-
-    Args:
-      num_freqs: frequency bins per frame, of both the input and the masks.
-      hidden_size: LSTM units per direction in every layer.
-      num_layers: number of stacked bidirectional LSTM layers.
-      num_sources: number of masks to estimate.
-      rngs: random streams; `rngs.params` initialises the weights.
-    """
-    self.num_freqs = num_freqs
-    self.num_sources = num_sources
-    self.blstm_layers = _blstm_stack(num_freqs, hidden_size, num_layers, rngs)
-    self.mask_layer = nnx.Linear(
-        2 * hidden_size, num_sources * num_freqs, rngs=rngs)
-
-  def __call__(self, log_magnitude: jax.Array) -> jax.Array:
-    """Estimates masks from the mixture's log-magnitude spectrogram.
-
-    Args:
-      log_magnitude: `[batch, frames, num_freqs]`.
-
-    Returns:
-      Masks in (0, 1), `[batch, num_sources, frames, num_freqs]`.
-    """
-    features = _run_blstm_stack(self.blstm_layers, log_magnitude)
-    return _sigmoid_masks(self.mask_layer, features, self.num_sources,
-                          self.num_freqs)
+HEADS = ('masks', 'embeddings')
 
 
 class Estimates(NamedTuple):
-  """What `BLSTMEmbeddingNet` estimates for a batch of mixtures.
+  """What `BLSTMNet` estimates for a batch of mixtures.
 
   Attributes:
-    embeddings: `[batch, frames, freqs, embedding_dim]`, unit norm per
-      time-frequency bin.
     masks: `[batch, sources, frames, freqs]` in (0, 1), or None without a
       mask head.
+    embeddings: `[batch, frames, freqs, embedding_dim]`, unit norm per
+      time-frequency bin, or None without an embedding head.
   """
-  embeddings: jax.Array
   masks: jax.Array | None
+  embeddings: jax.Array | None
 
 
-class BLSTMEmbeddingNet(nnx.Module):
-  """Stacked BLSTMs with a deep-clustering embedding head (and a mask head).
+class BLSTMNet(nnx.Module):
+  """Stacked BLSTMs with a mask head, an embedding head, or both.
 
-  The embedding head is a linear layer to `embedding_dim` values per
-  time-frequency bin, a tanh, and a normalisation of each bin's vector to
-  unit length, as in deep clustering (Hershey et al.) and Chimera++. Without a
-  mask head this is the network of `L_DC` and `L_WKM`, separated by k-means on
-  the embeddings; with one (`mask_head=True`) it is the Chimera++ network,
-  whose two heads share the BLSTM stack and which separates with its masks.
+  The mask head is a linear layer and a sigmoid that estimate one mask per
+  source: the mask-inference network of the AutoClip experiments, trained
+  with `L_MI` or, through the inverse STFT, `L_SNR`. The embedding head is a
+  linear layer to `embedding_dim` values per time-frequency bin, a tanh, and
+  a normalisation of each bin's vector to unit length, as in deep clustering
+  (Hershey et al.) and Chimera++: the network of `L_DC` and `L_WKM`,
+  separated by k-means on the embeddings. With both heads on one BLSTM stack
+  it is the Chimera++ network. The paper uses 4 layers of 600 units per
+  direction; the smaller default keeps CPU training practical.
 
   References:
     Hershey, Chen, Le Roux & Watanabe, `Deep clustering: Discriminative
@@ -269,53 +228,62 @@ class BLSTMEmbeddingNet(nnx.Module):
   def __init__(
       self,
       *,
+      heads: tuple[str, ...] = ('masks',),
       num_freqs: int = 129,
       hidden_size: int = 300,
       num_layers: int = 2,
       embedding_dim: int = 20,
-      mask_head: bool = False,
       num_sources: int = 2,
       rngs: nnx.Rngs,
   ):
     """Initialises the network.
 
     Args:
-      num_freqs: frequency bins per frame, of the input, embeddings and masks.
+      heads: which of `HEADS` to estimate, one or both.
+      num_freqs: frequency bins per frame, of the input, masks and embeddings.
       hidden_size: LSTM units per direction in every layer.
       num_layers: number of stacked bidirectional LSTM layers.
       embedding_dim: length of each time-frequency bin's embedding.
-      mask_head: also estimate one mask per source (Chimera++).
-      num_sources: number of masks to estimate, with a mask head.
+      num_sources: number of masks to estimate.
       rngs: random streams; `rngs.params` initialises the weights.
+
+    Raises:
+      ValueError: if `heads` is empty or names something not in `HEADS`.
     """
+    if not heads or not set(heads) <= set(HEADS):
+      raise ValueError(f'heads must be one or both of {HEADS}, got {heads}')
     self.num_freqs = num_freqs
     self.num_sources = num_sources
     self.embedding_dim = embedding_dim
     self.blstm_layers = _blstm_stack(num_freqs, hidden_size, num_layers, rngs)
-    self.embedding_layer = nnx.Linear(
-        2 * hidden_size, num_freqs * embedding_dim, rngs=rngs)
-    self.mask_layer = (nnx.Linear(2 * hidden_size, num_sources * num_freqs,
-                                  rngs=rngs) if mask_head else None)
+    self.mask_layer = (
+        nnx.Linear(2 * hidden_size, num_sources * num_freqs, rngs=rngs)
+        if 'masks' in heads else None)
+    self.embedding_layer = (
+        nnx.Linear(2 * hidden_size, num_freqs * embedding_dim, rngs=rngs)
+        if 'embeddings' in heads else None)
 
   def __call__(self, log_magnitude: jax.Array) -> Estimates:
-    """Estimates embeddings (and masks) from the log-magnitude spectrogram.
+    """Estimates masks and/or embeddings from the log-magnitude spectrogram.
 
     Args:
       log_magnitude: `[batch, frames, num_freqs]`.
 
     Returns:
-      The `Estimates`; `masks` is None without a mask head.
+      The `Estimates`; a head the network lacks gives None.
     """
     features = _run_blstm_stack(self.blstm_layers, log_magnitude)
-    embeddings = jnp.tanh(self.embedding_layer(features))
-    frames, batch_size = features.shape[:2]
-    embeddings = embeddings.reshape(
-        frames, batch_size, self.num_freqs, self.embedding_dim)
-    # The small floor keeps the normalisation's gradient finite at zero.
-    embeddings = embeddings / jnp.sqrt(
-        jnp.sum(embeddings**2, axis=-1, keepdims=True) + 1e-12)
-    masks = None
+    masks = embeddings = None
     if self.mask_layer is not None:
       masks = _sigmoid_masks(self.mask_layer, features, self.num_sources,
                              self.num_freqs)
-    return Estimates(jnp.swapaxes(embeddings, 0, 1), masks)
+    if self.embedding_layer is not None:
+      embeddings = jnp.tanh(self.embedding_layer(features))
+      frames, batch_size = features.shape[:2]
+      embeddings = embeddings.reshape(
+          frames, batch_size, self.num_freqs, self.embedding_dim)
+      # The small floor keeps the normalisation's gradient finite at zero.
+      embeddings = embeddings / jnp.sqrt(
+          jnp.sum(embeddings**2, axis=-1, keepdims=True) + 1e-12)
+      embeddings = jnp.swapaxes(embeddings, 0, 1)
+    return Estimates(masks, embeddings)

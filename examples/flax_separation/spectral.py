@@ -119,6 +119,21 @@ def istft(spectrogram: jax.Array, length: int) -> jax.Array:
   return signal[..., kept] / window_sum[kept]
 
 
+def apply_masks(masks: jax.Array, mixture_spectrogram: jax.Array,
+                length: int) -> jax.Array:
+  """Masks the mixture, keeps its phase, and inverts the STFT.
+
+  Args:
+    masks: `[batch, sources, frames, NUM_FREQUENCIES]`.
+    mixture_spectrogram: complex `[batch, frames, NUM_FREQUENCIES]`.
+    length: number of samples of the mixture.
+
+  Returns:
+    `[batch, sources, length]`, one waveform per mask.
+  """
+  return istft(masks * mixture_spectrogram[:, None], length)
+
+
 def log_magnitude(spectrogram: jax.Array, eps: float = 1e-8) -> jax.Array:
   """Returns `log(|spectrogram| + eps)`, the network's input features.
 

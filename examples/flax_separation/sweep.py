@@ -23,18 +23,11 @@ from absl import logging
 import ml_collections
 
 from examples.flax_separation import cli
+from examples.flax_separation import loss_registry
 from examples.flax_separation import train
 
 FLAGS = flags.FLAGS
 
-# The rows of the paper's Table 1: each of train.LOSSES, by name.
-LOSS_NAMES = {
-    'mi': 'Mask inference',
-    'dc': 'Deep clustering',
-    'wkm': 'Whitened k-means',
-    'chimera': 'Chimera',
-    'snr': 'SNR',
-}
 PAPER_PERCENTILES = (0.0, 1.0, 10.0, 25.0, 50.0, 90.0, 100.0)
 # Config fields that vary per cell or only affect bookkeeping; the rest are
 # the sweep's settings, listed above the table.
@@ -51,13 +44,13 @@ def cell_config(config: ml_collections.ConfigDict, workdir: pathlib.Path,
     config: the settings shared by every cell.
     workdir: the sweep's work directory; espeak2mix is generated under
       ``<workdir>/data`` unless ``config.data_dir`` says otherwise.
-    loss: a key of ``LOSS_NAMES``.
+    loss: a key of ``loss_registry.LOSSES``.
     percentile: the AutoClip percentile.
 
   Raises:
-    ValueError: if ``loss`` is not one of ``train.LOSSES``.
+    ValueError: if ``loss`` is not a key of ``loss_registry.LOSSES``.
   """
-  train.check_loss(loss)
+  loss_registry.get(loss)
   config = cli.run_config(config, workdir, percentile)
   with config.unlocked():
     config.loss = loss
@@ -108,8 +101,8 @@ def _table(metric: str, losses: Sequence[str], percentiles: Sequence[float],
     cells = ['–' if p not in values else
              f'**{values[p]:.2f}**' if values[p] == best and len(values) > 1
              else f'{values[p]:.2f}' for p in percentiles]
-    lines.append(f'| {LOSS_NAMES[loss]} ({loss}) | ' + ' | '.join(cells)
-                 + ' |')
+    lines.append(f'| {loss_registry.LOSSES[loss].title} ({loss}) | '
+                 + ' | '.join(cells) + ' |')
   return lines
 
 
@@ -120,7 +113,7 @@ def render_table1(config: ml_collections.ConfigDict, losses: Sequence[str],
 
   Args:
     config: the settings shared by every cell, listed above the tables.
-    losses: the rows, keys of ``LOSS_NAMES``.
+    losses: the rows, keys of ``loss_registry.LOSSES``.
     percentiles: the columns.
     results: ``train_and_evaluate``'s results of each finished
       ``(loss, percentile)`` cell; the others are shown as '–'.
@@ -159,7 +152,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   Args:
     config: the settings shared by every cell.
     workdir: the sweep's work directory.
-    losses: keys of ``LOSS_NAMES``.
+    losses: keys of ``loss_registry.LOSSES``.
     percentiles: AutoClip percentiles.
 
   Returns:
@@ -199,7 +192,7 @@ def main(argv):
   percentiles = cli.parse_percentiles(FLAGS.percentiles)
   try:
     for loss in FLAGS.losses:
-      train.check_loss(loss)
+      loss_registry.get(loss)
   except ValueError as error:
     raise app.UsageError(str(error)) from None
   print(run_sweep(config, FLAGS.workdir, FLAGS.losses, percentiles))
@@ -209,6 +202,6 @@ if __name__ == '__main__':
   cli.define_common_flags(PAPER_PERCENTILES,
                           'AutoClip percentiles, one column each',
                           default_config='sweep_cpu.py')
-  flags.DEFINE_list('losses', list(LOSS_NAMES),
+  flags.DEFINE_list('losses', list(loss_registry.LOSSES),
                     'Loss functions (config.loss), one row each.')
   app.run(main)

@@ -1,8 +1,9 @@
 """Trains and evaluates a BLSTM separation network with AutoClip.
 
-``config.loss`` picks one of the AutoClip paper's five losses (``LOSSES``):
-the network (masks, embeddings or both), the loss ``train_step`` descends,
-and how ``separate`` turns the network's output into masks.
+``config.loss`` picks one of the AutoClip paper's five losses
+(``loss_registry.LOSSES``), which says which heads the network has, what
+``train_step`` descends, and how ``separate`` turns the network's output into
+masks.
 
 ``train_and_evaluate(config, workdir)`` writes everything under ``workdir``:
 ``checkpoints/`` (the latest state, every ``checkpoint_every_steps``),
@@ -11,12 +12,17 @@ line per training step), ``validation.jsonl``, ``results.json`` (test
 SI-SDR and SI-SDRi) and ``separated/`` (a few separated test mixtures).
 An interrupted run started again with the same config resumes from its last
 checkpoint with the same data order and identical next steps.
+
+``train_steps`` is the training loop itself, for anything else that trains
+as a run does (``dynamics.py``).
 """
 
 import functools
 import json
 import pathlib
 import time
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 from flax import nnx
 import jax
@@ -29,9 +35,8 @@ import soundfile
 import tqdm
 
 from autoclip_optax import autoclip
-from examples.flax_separation import clustering
-from examples.flax_separation import data
-from examples.flax_separation import losses
+from examples.flax_separation import input_pipeline
+from examples.flax_separation import loss_registry
 from examples.flax_separation import metrics
 from examples.flax_separation import models
 from examples.flax_separation import spectral
@@ -39,35 +44,18 @@ from examples.flax_separation import spectral
 # Validation and test mixtures are zero-padded to a multiple of this many
 # samples, so that evaluation compiles once or twice, not per length.
 EVAL_LENGTH_QUANTUM = 8 * spectral.SAMPLE_RATE
+# The progress bar shows the loss every this many steps; reading it waits for
+# the step to finish.
+_PROGRESS_LOSS_EVERY = 25
 
 
-# ``config.loss``: AutoClip's eqs. 4 to 8.
-LOSSES = ('mi', 'dc', 'wkm', 'chimera', 'snr')
-# Losses of an embedding network; the others train a mask network.
-_EMBEDDING_LOSSES = ('dc', 'wkm', 'chimera')
-
-
-def check_loss(loss_name: str) -> None:
-  """Raises ValueError unless ``loss_name`` is one of ``LOSSES``."""
-  if loss_name not in LOSSES:
-    raise ValueError(f'config.loss must be one of {", ".join(LOSSES)}, got '
-                     f'{loss_name!r}')
-
-
-def create_model(
-    config: ml_collections.ConfigDict
-) -> models.BLSTMMaskNet | models.BLSTMEmbeddingNet:
-  """The network ``config.loss`` trains: a mask net or an embedding net."""
-  check_loss(config.loss)
-  if config.loss in _EMBEDDING_LOSSES:
-    return models.BLSTMEmbeddingNet(hidden_size=config.hidden_size,
-                                    num_layers=config.num_layers,
-                                    embedding_dim=config.embedding_dim,
-                                    mask_head=config.loss == 'chimera',
-                                    rngs=nnx.Rngs(config.seed))
-  return models.BLSTMMaskNet(hidden_size=config.hidden_size,
-                             num_layers=config.num_layers,
-                             rngs=nnx.Rngs(config.seed))
+def create_model(config: ml_collections.ConfigDict) -> models.BLSTMNet:
+  """The network ``config.loss`` trains, with the heads that loss needs."""
+  return models.BLSTMNet(heads=loss_registry.get(config.loss).heads,
+                         hidden_size=config.hidden_size,
+                         num_layers=config.num_layers,
+                         embedding_dim=config.embedding_dim,
+                         rngs=nnx.Rngs(config.seed))
 
 
 def create_optimizer(model: nnx.Module,
@@ -79,14 +67,9 @@ def create_optimizer(model: nnx.Module,
   return nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
-def _estimate_masks(model, mixture):
+def _estimate(model, mixture):
   spectrogram = spectral.stft(mixture)
   return spectrogram, model(spectral.log_magnitude(spectrogram))
-
-
-def _resynthesise(masks, mixture_spectrogram, length):
-  """Masks the mixture, keeps its phase, and inverts the STFT: ``[B, C, T]``."""
-  return spectral.istft(masks * mixture_spectrogram[:, None], length)
 
 
 def batch_loss(model: nnx.Module, mixture: jax.Array, sources: jax.Array,
@@ -98,31 +81,17 @@ def batch_loss(model: nnx.Module, mixture: jax.Array, sources: jax.Array,
     model: a network from ``create_model`` for the same loss.
     mixture: ``[batch, samples]``.
     sources: ``[batch, 2, samples]``.
-    loss_name: one of ``LOSSES``.
+    loss_name: a key of ``loss_registry.LOSSES``.
     chimera_alpha: weight of ``L_MI`` in the Chimera loss.
 
   Returns:
     A scalar loss.
   """
-  check_loss(loss_name)
-  mixture_spectrogram, outputs = _estimate_masks(model, mixture)
-  source_spectrograms = spectral.stft(sources)
-  if loss_name == 'mi':
-    return losses.psa_mask_loss(outputs, mixture_spectrogram,
-                                source_spectrograms)
-  if loss_name == 'snr':
-    return losses.snr_loss(
-        _resynthesise(outputs, mixture_spectrogram, mixture.shape[-1]),
-        sources)
-  if loss_name == 'dc':
-    return losses.deep_clustering_loss(
-        outputs.embeddings, mixture_spectrogram, source_spectrograms)
-  if loss_name == 'wkm':
-    return losses.whitened_kmeans_loss(
-        outputs.embeddings, mixture_spectrogram, source_spectrograms)
-  return losses.chimera_loss(outputs.masks, outputs.embeddings,
-                             mixture_spectrogram, source_spectrograms,
-                             chimera_alpha)
+  loss = loss_registry.get(loss_name)
+  mixture_spectrogram, estimates = _estimate(model, mixture)
+  targets = loss_registry.Targets(mixture_spectrogram, spectral.stft(sources),
+                                  sources)
+  return loss.loss_fn(estimates, targets, chimera_alpha)
 
 
 @functools.partial(nnx.jit, static_argnames=('loss_name', 'chimera_alpha'))
@@ -136,7 +105,7 @@ def train_step(model: nnx.Module, optimizer: nnx.Optimizer,
     optimizer: its optimizer, updated in place.
     mixture: ``[batch, samples]``.
     sources: ``[batch, 2, samples]``.
-    loss_name: one of ``LOSSES``, matching the model.
+    loss_name: a key of ``loss_registry.LOSSES``, matching the model.
     chimera_alpha: weight of ``L_MI`` in the Chimera loss.
 
   Returns:
@@ -162,28 +131,20 @@ def train_step(model: nnx.Module, optimizer: nnx.Optimizer,
 @functools.partial(nnx.jit, static_argnames='loss_name')
 def separate(model: nnx.Module, mixture: jax.Array,
              loss_name: str = 'mi') -> jax.Array:
-  """Separates with the model's masks, resynthesised with the mixture phase.
-
-  Mask networks (``mi``, ``snr``) and Chimera use their mask head; embedding
-  networks trained with ``dc`` or ``wkm`` use the binary masks of k-means on
-  their embeddings (``clustering.cluster_masks``).
+  """Separates with the loss's masks, resynthesised with the mixture phase.
 
   Args:
     model: a network from ``create_model`` for the same loss.
     mixture: ``[batch, samples]``.
-    loss_name: the loss the model was trained with, one of ``LOSSES``.
+    loss_name: the loss the model was trained with; its ``masks_fn`` turns
+      the network's output into masks.
 
   Returns:
     ``[batch, 2, samples]``.
   """
-  mixture_spectrogram, outputs = _estimate_masks(model, mixture)
-  if loss_name in ('dc', 'wkm'):
-    masks = clustering.cluster_masks(outputs.embeddings, mixture_spectrogram)
-  elif loss_name == 'chimera':
-    masks = outputs.masks
-  else:
-    masks = outputs
-  return _resynthesise(masks, mixture_spectrogram, mixture.shape[-1])
+  mixture_spectrogram, estimates = _estimate(model, mixture)
+  masks = loss_registry.get(loss_name).masks_fn(estimates, mixture_spectrogram)
+  return spectral.apply_masks(masks, mixture_spectrogram, mixture.shape[-1])
 
 
 def evaluate(model, utterances, batch_size, loss_name='mi'):
@@ -191,7 +152,7 @@ def evaluate(model, utterances, batch_size, loss_name='mi'):
 
   Args:
     model: the network.
-    utterances: ``data.Utterance`` list.
+    utterances: ``input_pipeline.Utterance`` list.
     batch_size: mixtures separated at once.
     loss_name: the loss the model was trained with (see ``separate``).
 
@@ -218,23 +179,54 @@ def evaluate(model, utterances, batch_size, loss_name='mi'):
   return np.array(si_sdr), np.array(si_sdri), estimates
 
 
-def load_splits(config, workdir):
-  """Returns ``{'train': ..., 'valid': ..., 'test': ...}`` utterance lists."""
-  if config.dataset == 'espeak2mix':
-    root = data.generate_espeak2mix(
-        config.data_dir or pathlib.Path(workdir) / 'data',
-        num_train=config.num_train, num_valid=config.num_valid,
-        num_test=config.num_test, seed=config.data_seed)
-  elif config.dataset in ('wsj0-2mix', 'libri2mix'):
-    if not config.data_dir:
-      raise ValueError(f'config.data_dir must point at the {config.dataset} '
-                       'copy (the folder holding wav8k/min)')
-    root = config.data_dir
-  else:
-    raise ValueError('config.dataset must be espeak2mix, wsj0-2mix or '
-                     f'libri2mix, got {config.dataset!r}')
-  return {split: data.load_split(root, split)
-          for split in ('train', 'valid', 'test')}
+class Step(NamedTuple):
+  """One training step, as ``train_steps`` yields it.
+
+  Attributes:
+    number: steps taken so far, this one included.
+    mixture: the step's batch, ``[batch, samples]``.
+    sources: ``[batch, 2, samples]``.
+    metrics: what ``train_step`` returned, on the device.
+  """
+  number: int
+  mixture: jax.Array
+  sources: jax.Array
+  metrics: dict[str, jax.Array]
+
+
+def train_steps(model: nnx.Module, optimizer: nnx.Optimizer,
+                utterances: Sequence[input_pipeline.Utterance],
+                config: ml_collections.ConfigDict,
+                start_step: int = 0) -> Iterator[Step]:
+  """Trains from ``start_step`` to the run's end, yielding after each step.
+
+  The batches are ``input_pipeline.training_stream``'s, so the run's data
+  order does not depend on where it starts. Metrics stay on the device: a
+  caller that reads them every step waits for every step.
+
+  Args:
+    model: the network, updated in place.
+    optimizer: its optimizer, updated in place.
+    utterances: the training split.
+    config: the run's config.
+    start_step: steps already taken (a resumed run's checkpoint).
+
+  Returns:
+    An iterator of ``Step``s, with a progress bar.
+  """
+  total_steps = input_pipeline.num_training_steps(len(utterances), config)
+  with tqdm.tqdm(total=total_steps, initial=start_step, unit='step',
+                 desc=f'{config.loss} p={config.autoclip_percentile:g}') as bar:
+    for number, (mixture, sources) in enumerate(
+        input_pipeline.training_stream(utterances, config, start_step),
+        start=start_step + 1):
+      mixture, sources = jnp.asarray(mixture), jnp.asarray(sources)
+      step_metrics = train_step(model, optimizer, mixture, sources,
+                                config.loss, config.chimera_alpha)
+      yield Step(number, mixture, sources, step_metrics)
+      bar.update()
+      if number % _PROGRESS_LOSS_EVERY == 0:
+        bar.set_postfix(loss=f'{float(step_metrics["loss"]):.4f}')
 
 
 class _Checkpoints:
@@ -303,27 +295,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   Returns:
     The results written to ``<workdir>/results.json``.
   """
-  check_loss(config.loss)
+  loss_registry.get(config.loss)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  splits = load_splits(config, workdir)
+  splits = input_pipeline.load_splits(config, workdir)
   model = create_model(config)
   optimizer = create_optimizer(model, config)
   checkpoints = _Checkpoints(workdir)
   progress = checkpoints.restore(model, optimizer) or {
       'best_valid_si_sdri': -np.inf, 'train_seconds': 0.0}
-  step = int(optimizer.step[...])
+  start_step = int(optimizer.step[...])
   log_path = workdir / 'log.jsonl'
   validation_path = workdir / 'validation.jsonl'
-  _keep_log_lines_up_to(log_path, step)
-  _keep_log_lines_up_to(validation_path, step)
+  _keep_log_lines_up_to(log_path, start_step)
+  _keep_log_lines_up_to(validation_path, start_step)
+  steps_per_epoch = input_pipeline.steps_per_epoch(len(splits['train']),
+                                                   config.batch_size)
 
-  steps_per_epoch = data.steps_per_epoch(len(splits['train']),
-                                         config.batch_size)
-  total_steps = steps_per_epoch * config.num_epochs
-  excerpt_samples = (config.excerpt_frames - 1) * spectral.HOP_LENGTH
-
-  def validate_and_save():
+  def validate_and_save(step):
     _, si_sdri, _ = evaluate(model, splits['valid'], config.eval_batch_size,
                              config.loss)
     valid_si_sdri = float(si_sdri.mean())
@@ -334,29 +323,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       checkpoints.save_best(step, model)
     checkpoints.save(step, model, optimizer, progress)
 
+  step = start_step
+  unwritten = []  # (step, metrics) since the last checkpoint, on the device.
   started = time.perf_counter() - progress['train_seconds']
-  with tqdm.tqdm(total=total_steps, initial=step, unit='step',
-                 desc=f'{config.loss} p={config.autoclip_percentile:g}') as bar, \
-       log_path.open('a') as log:
-    while step < total_steps:
-      epoch, step_in_epoch = divmod(step, steps_per_epoch)
-      for mixture, sources in data.training_batches(
-          splits['train'], batch_size=config.batch_size,
-          excerpt_samples=excerpt_samples, seed=config.seed, epoch=epoch,
-          start_step=step_in_epoch):
-        record = {k: float(v) for k, v in train_step(
-            model, optimizer, jnp.asarray(mixture), jnp.asarray(sources),
-            config.loss, config.chimera_alpha).items()}
-        step += 1
-        log.write(json.dumps({'step': step, **record}) + '\n')
-        bar.update()
-        bar.set_postfix(loss=f'{record["loss"]:.4f}',
-                        threshold=f'{record["threshold"]:.3g}')
-        if step % config.checkpoint_every_steps == 0 or (
-            step % steps_per_epoch == 0):
-          log.flush()
-          progress['train_seconds'] = time.perf_counter() - started
-          validate_and_save()
+  with log_path.open('a') as log:
+    for step, _, _, step_metrics in train_steps(
+        model, optimizer, splits['train'], config, start_step):
+      unwritten.append((step, step_metrics))
+      if step % config.checkpoint_every_steps == 0 or (
+          step % steps_per_epoch == 0):
+        for number, record in jax.device_get(unwritten):
+          log.write(json.dumps(
+              {'step': number, **{k: float(v) for k, v in record.items()}})
+                    + '\n')
+        log.flush()
+        unwritten = []
+        progress['train_seconds'] = time.perf_counter() - started
+        validate_and_save(step)
 
   checkpoints.close()
   checkpoints.restore_best(model)

@@ -21,8 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Model: BLSTM layers x units per direction (the paper: 4 x 600).
   config.num_layers = 2
   config.hidden_size = 300
-  # Loss (AutoClip eqs. 4-8): 'mi' mask inference, 'dc' deep clustering,
-  # 'wkm' whitened k-means, 'chimera' (mi + wkm, two heads) or 'snr'.
+  # Loss: a key of loss_registry.LOSSES (AutoClip eqs. 4-8).
   config.loss = 'mi'
   # Length of each time-frequency embedding of 'dc', 'wkm' and 'chimera'.
   config.embedding_dim = 20

@@ -1,29 +1,20 @@
-"""Two-speaker mixtures for the separation example: generation and loading.
+"""espeak2mix: two-speaker mixtures of synthetic speech, generated offline.
 
-Three data sets share one on-disk layout, the "min" version of WSJ0-2mix at
-8 kHz: a split folder holds a mixture folder and the folders `s1` and `s2`,
-and a mixture and its two sources share a file name.
+WSJ0-2mix, the data set of the AutoClip experiments, needs the licensed WSJ0
+corpus; espeak2mix stands in for it so that the example runs anywhere. It is
+synthesised with the espeak-ng synthesiser shipped in the `espeakng-loader`
+wheel and written in WSJ0-2mix's "min" layout at 8 kHz, so the input pipeline
+reads it as it reads WSJ0-2mix. Its training, validation and test splits use
+disjoint voices and disjoint sentences, so the test score measures separation
+of unseen speakers saying unseen text, as in WSJ0-2mix.
 
-* espeak2mix, generated here offline by `generate_espeak2mix` with the
-  espeak-ng synthesiser shipped in the `espeakng-loader` wheel. Its
-  training, validation and test splits use disjoint voices and disjoint
-  sentences, so the test score measures separation of unseen speakers saying
-  unseen text, as in WSJ0-2mix.
-* WSJ0-2mix (`wav8k/min/{tr,cv,tt}/{mix,s1,s2}/`), which needs the licensed
-  WSJ0 corpus.
-* Libri2Mix (`Libri2Mix/wav8k/min/{train-100,dev,test}/{mix_clean,s1,s2}/`).
-
-`load_split` reads any of them into `Utterance`s, and `training_batches` cuts
-those into shuffled fixed-length excerpts.
+`generate` writes the set once and finds it on later calls; `draw_recipes`
+says what each mixture holds.
 
 References:
   Hershey, Chen, Le Roux & Watanabe, `Deep clustering: Discriminative
   embeddings for segmentation and separation
   <https://arxiv.org/abs/1508.04306>`_, 2016 (WSJ0-2mix).
-
-  Cosentino, Pariente, Cornell, Deleforge & Vincent, `LibriMix: An Open-Source
-  Dataset for Generalizable Speech Separation
-  <https://arxiv.org/abs/2005.11262>`_, 2020.
 """
 
 import ctypes
@@ -35,7 +26,7 @@ import os
 import pathlib
 import shutil
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import espeakng_loader
@@ -44,8 +35,14 @@ import scipy.signal
 import soundfile as sf
 import tqdm
 
-SAMPLE_RATE = 8000
+from examples.flax_separation import spectral
+
 SPLITS = ('train', 'valid', 'test')
+# WSJ0-2mix's "min" layout, which espeak2mix is written in:
+# <root>/wav8k/min/<split folder>/{mix,s1,s2}/<name>.wav.
+SPLIT_FOLDERS = {'train': 'tr', 'valid': 'cv', 'test': 'tt'}
+MIXTURE_FOLDER = 'mix'
+SOURCE_FOLDERS = ('s1', 's2')
 MANIFEST_NAME = 'espeak2mix.json'
 
 # Bump whenever a change to the generator changes the audio it writes, so that
@@ -116,27 +113,6 @@ _SPLIT_PHRASE_SLICES = {
 _MIXTURES_PER_PROCESS = 100
 _PEAK_LEVEL = 0.9
 
-# Split folders and mixture folder of each layout; espeak2mix is written in
-# the first. `load_split` tries them in this order.
-_WSJ0_2MIX_FOLDERS = ({'train': 'tr', 'valid': 'cv', 'test': 'tt'}, 'mix')
-_LIBRI2MIX_FOLDERS = (
-    {'train': 'train-100', 'valid': 'dev', 'test': 'test'}, 'mix_clean')
-_LAYOUT_FOLDERS = (_WSJ0_2MIX_FOLDERS, _LIBRI2MIX_FOLDERS)
-_SOURCE_FOLDERS = ('s1', 's2')
-
-
-class Utterance(NamedTuple):
-  """A two-speaker mixture with its reference sources.
-
-  Attributes:
-    name: the file name without `.wav`, shared by the mixture and sources.
-    mixture: float32 `[samples]`, the sum of the sources.
-    sources: float32 `[2, samples]`, the first and second speaker.
-  """
-  name: str
-  mixture: np.ndarray
-  sources: np.ndarray
-
 
 class SourceRecipe(NamedTuple):
   """What one speaker of an espeak2mix mixture says, and how.
@@ -154,7 +130,7 @@ class SourceRecipe(NamedTuple):
 
 
 class MixtureRecipe(NamedTuple):
-  """Everything `generate_espeak2mix` needs to write one mixture.
+  """Everything `generate` needs to write one mixture.
 
   Attributes:
     name: file name without `.wav`.
@@ -169,7 +145,7 @@ class MixtureRecipe(NamedTuple):
 class _Espeak:
   """libespeak-ng, loaded through ctypes and set up to return samples."""
 
-  SAMPLE_RATE = 22050
+  SYNTHESIS_RATE = 22050
   _AUDIO_OUTPUT_SYNCHRONOUS = 2
   _INITIALIZE_DONT_EXIT = 0x8000  # Report errors instead of calling exit().
   _PARAMETER_RATE = 1
@@ -195,10 +171,10 @@ class _Espeak:
     sample_rate = library.espeak_Initialize(
         self._AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path.encode(),
         self._INITIALIZE_DONT_EXIT)
-    if sample_rate != self.SAMPLE_RATE:
+    if sample_rate != self.SYNTHESIS_RATE:
       raise RuntimeError(
           f'espeak_Initialize with data at {data_path} returned {sample_rate}; '
-          f'expected the sample rate {self.SAMPLE_RATE}')
+          f'expected the sample rate {self.SYNTHESIS_RATE}')
     # espeak_Initialize seeds the noise generator with the time of day.
     library.espeak_ng_SetRandSeed(0)
     self._library = library
@@ -214,7 +190,7 @@ class _Espeak:
     return 0  # Continue synthesis.
 
   def synthesize(self, source: SourceRecipe) -> np.ndarray:
-    """Returns the int16 samples of `source` at `SAMPLE_RATE`."""
+    """Returns the int16 samples of `source` at `SYNTHESIS_RATE`."""
     self._check(self._library.espeak_SetVoiceByName(source.voice.encode()),
                 f'set voice {source.voice!r}')
     # Rate and pitch persist from one utterance to the next, so both are set
@@ -243,7 +219,7 @@ _espeak_lock = threading.Lock()
 
 
 def _synthesize(source: SourceRecipe) -> np.ndarray:
-  """Says `source` with espeak-ng; returns float64 samples at `SAMPLE_RATE`."""
+  """Says `source` with espeak-ng; returns float64 samples at 8 kHz."""
   global _espeak_instance
   with _espeak_lock:
     if _espeak_instance is None:
@@ -276,8 +252,8 @@ def _mix(first: np.ndarray, second: np.ndarray,
   return scale * mixture, scale * sources
 
 
-def espeak2mix_recipes(split: str, num_mixtures: int,
-                       seed: int) -> list[MixtureRecipe]:
+def draw_recipes(split: str, num_mixtures: int,
+                 seed: int) -> list[MixtureRecipe]:
   """Draws the mixtures of one espeak2mix split.
 
   Each mixture has two speakers with different voice variants, each saying a
@@ -323,16 +299,16 @@ def _write_mixtures(
     task: tuple[pathlib.Path, Sequence[MixtureRecipe]]) -> int:
   """Synthesises `(split_dir, recipes)` into `split_dir`; returns the count."""
   split_dir, recipes = task
-  _, mixture_folder = _WSJ0_2MIX_FOLDERS
   for recipe in recipes:
     first, second = (_synthesize(source) for source in recipe.sources)
     mixture, sources = _mix(first, second, recipe.relative_level_db)
-    for folder, samples in zip((mixture_folder, *_SOURCE_FOLDERS),
+    for folder, samples in zip((MIXTURE_FOLDER, *SOURCE_FOLDERS),
                                (mixture, *sources)):
       # Encoded in memory: libsndfile syncs every file it closes to disk,
       # which takes longer than synthesising it.
       encoded = io.BytesIO()
-      sf.write(encoded, samples, SAMPLE_RATE, subtype='PCM_16', format='WAV')
+      sf.write(encoded, samples, spectral.SAMPLE_RATE, subtype='PCM_16',
+               format='WAV')
       (split_dir / folder / f'{recipe.name}.wav').write_bytes(
           encoded.getvalue())
   return len(recipes)
@@ -345,9 +321,9 @@ def _describe_mismatch(recorded: dict, requested: dict) -> str:
       for key, value in requested.items() if recorded.get(key) != value)
 
 
-def generate_espeak2mix(root: str | os.PathLike, *, num_train: int = 2000,
-                        num_valid: int = 300, num_test: int = 300,
-                        seed: int = 0) -> pathlib.Path:
+def generate(root: str | os.PathLike, *, num_train: int = 2000,
+             num_valid: int = 300, num_test: int = 300,
+             seed: int = 0) -> pathlib.Path:
   """Writes the espeak2mix data set once, and finds it on later calls.
 
   The set is written in the WSJ0-2mix layout,
@@ -370,7 +346,7 @@ def generate_espeak2mix(root: str | os.PathLike, *, num_train: int = 2000,
       levels.
 
   Returns:
-    `<root>/wav8k/min`, the directory `load_split` takes.
+    `<root>/wav8k/min`, the directory `input_pipeline.load_split` takes.
 
   Raises:
     ValueError: if a count is below 1, or `root` holds a complete espeak2mix
@@ -406,13 +382,12 @@ def generate_espeak2mix(root: str | os.PathLike, *, num_train: int = 2000,
   root.mkdir(parents=True, exist_ok=True)
   in_progress_path.write_text(json.dumps(settings))
 
-  recipes = {split: espeak2mix_recipes(split, count, seed)
+  recipes = {split: draw_recipes(split, count, seed)
              for split, count in num_mixtures.items()}
-  split_folders, mixture_folder = _WSJ0_2MIX_FOLDERS
   tasks = []
   for split in SPLITS:
-    split_dir = layout_root / split_folders[split]
-    for folder in (mixture_folder, *_SOURCE_FOLDERS):
+    split_dir = layout_root / SPLIT_FOLDERS[split]
+    for folder in (MIXTURE_FOLDER, *SOURCE_FOLDERS):
       (split_dir / folder).mkdir(parents=True, exist_ok=True)
     for start in range(0, len(recipes[split]), _MIXTURES_PER_PROCESS):
       tasks.append(
@@ -431,7 +406,7 @@ def generate_espeak2mix(root: str | os.PathLike, *, num_train: int = 2000,
   _write_manifest(manifest_path, {
       'settings': settings,
       'espeakng_loader_version': importlib.metadata.version('espeakng-loader'),
-      'sample_rate': SAMPLE_RATE,
+      'sample_rate': spectral.SAMPLE_RATE,
       'mixtures': {split: [_recipe_to_json(recipe) for recipe in split_recipes]
                    for split, split_recipes in recipes.items()},
   })
@@ -450,178 +425,3 @@ def _write_manifest(path: pathlib.Path, manifest: dict):
   partial_path = path.with_suffix('.json.tmp')
   partial_path.write_text(json.dumps(manifest, indent=1))
   os.replace(partial_path, path)
-
-
-def _find_mixture_dir(root: pathlib.Path, split: str) -> pathlib.Path:
-  """Returns the mixture folder of `split` in whichever layout `root` holds."""
-  looked_for = []
-  for base in (root, root / 'wav8k' / 'min'):
-    for split_folders, mixture_folder in _LAYOUT_FOLDERS:
-      mixture_dir = base / split_folders[split] / mixture_folder
-      if mixture_dir.is_dir():
-        return mixture_dir
-      looked_for.append(str(mixture_dir))
-  raise FileNotFoundError(
-      f'{root} holds no {split!r} split of WSJ0-2mix, espeak2mix or '
-      f'Libri2Mix; looked for {", ".join(looked_for)}')
-
-
-def _read_mono(path: pathlib.Path) -> np.ndarray:
-  """Reads a mono `SAMPLE_RATE` audio file as float32 `[samples]`."""
-  try:
-    samples, sample_rate = sf.read(path, dtype='float32', always_2d=True)
-  except sf.SoundFileError as error:
-    raise ValueError(f'{path} is not a readable audio file: {error}') from error
-  if sample_rate != SAMPLE_RATE:
-    raise ValueError(
-        f'{path} has a sample rate of {sample_rate} Hz; expected {SAMPLE_RATE}')
-  if samples.shape[1] != 1:
-    raise ValueError(f'{path} has {samples.shape[1]} channels; expected 1')
-  return samples[:, 0]
-
-
-def _load_utterance(mixture_path: pathlib.Path) -> Utterance:
-  """Reads a mixture and the sources beside it, checking they match."""
-  split_dir = mixture_path.parent.parent
-  source_paths = [split_dir / folder / mixture_path.name
-                  for folder in _SOURCE_FOLDERS]
-  for source_path in source_paths:
-    if not source_path.is_file():
-      raise FileNotFoundError(
-          f'{source_path} is missing; every mixture needs both sources, and '
-          f'{mixture_path} exists')
-  mixture = _read_mono(mixture_path)
-  sources = []
-  for source_path in source_paths:
-    source = _read_mono(source_path)
-    if len(source) != len(mixture):
-      raise ValueError(
-          f'{source_path} has {len(source)} samples but its mixture '
-          f'{mixture_path} has {len(mixture)}; expected equal lengths')
-    sources.append(source)
-  return Utterance(mixture_path.stem, mixture, np.stack(sources))
-
-
-def load_split(root: str | os.PathLike, split: str) -> list[Utterance]:
-  """Reads one split of espeak2mix, WSJ0-2mix or Libri2Mix.
-
-  The layout is recognised by its folder names: `{tr,cv,tt}/mix` for
-  WSJ0-2mix and espeak2mix, `{train-100,dev,test}/mix_clean` for Libri2Mix,
-  each with `s1` and `s2` beside the mixture folder.
-
-  Args:
-    root: the directory holding those split folders (`.../wav8k/min`, as
-      `generate_espeak2mix` returns), or the one holding `wav8k/min`.
-    split: `'train'`, `'valid'` or `'test'`.
-
-  Returns:
-    The split's utterances, sorted by name.
-
-  Raises:
-    ValueError: if `split` is unknown, or a file is not mono 8 kHz audio, or
-      a source's length differs from its mixture's.
-    FileNotFoundError: if `root` holds none of the layouts, the split holds
-      no `.wav` files, or a mixture lacks a source file.
-  """
-  if split not in SPLITS:
-    raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
-  root = pathlib.Path(root)
-  if not root.is_dir():
-    raise FileNotFoundError(f'data directory {root} does not exist')
-  mixture_dir = _find_mixture_dir(root, split)
-  mixture_paths = sorted(mixture_dir.glob('*.wav'))
-  if not mixture_paths:
-    raise FileNotFoundError(f'{mixture_dir} holds no .wav files')
-  return [_load_utterance(path)
-          for path in tqdm.tqdm(mixture_paths, desc=f'loading {split}',
-                                unit='utterance', leave=False)]
-
-
-def steps_per_epoch(num_utterances: int, batch_size: int) -> int:
-  """Returns the number of full batches in one pass over the utterances.
-
-  Args:
-    num_utterances: how many utterances the split has.
-    batch_size: utterances per batch.
-
-  Returns:
-    `num_utterances // batch_size`; the last, incomplete batch is dropped.
-
-  Raises:
-    ValueError: if `batch_size` is below 1.
-  """
-  if batch_size < 1:
-    raise ValueError(f'batch_size must be at least 1, got {batch_size}')
-  return num_utterances // batch_size
-
-
-def _excerpt(utterance: Utterance, start: int,
-             num_samples: int) -> tuple[np.ndarray, np.ndarray]:
-  """Cuts `num_samples` from `start`, zero-padding past the utterance's end."""
-  mixture = utterance.mixture[start:start + num_samples]
-  sources = utterance.sources[:, start:start + num_samples]
-  padding = num_samples - len(mixture)
-  return (np.pad(mixture, (0, padding)),
-          np.pad(sources, ((0, 0), (0, padding))))
-
-
-def training_batches(
-    utterances: Sequence[Utterance], *, batch_size: int, excerpt_samples: int,
-    seed: int, epoch: int, start_step: int = 0,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """Yields one epoch of shuffled, fixed-length training excerpts.
-
-  The epoch's order and excerpt offsets are drawn from
-  `np.random.default_rng((seed, epoch))`. Each utterance gives one excerpt at
-  a uniformly random offset; utterances shorter than `excerpt_samples` are
-  used whole and zero-padded at the end. The last incomplete batch is dropped.
-
-  Args:
-    utterances: the split, as `load_split` returns it.
-    batch_size: excerpts per batch.
-    excerpt_samples: samples per excerpt.
-    seed: the run's data seed.
-    epoch: the epoch number; each epoch has its own order.
-    start_step: number of the epoch's batches to skip. The batches that follow
-      are the same as without skipping, so a resumed run sees the same data.
-
-  Returns:
-    An iterator of `(mixture [batch_size, excerpt_samples],
-    sources [batch_size, 2, excerpt_samples])` float32 arrays.
-
-  Raises:
-    ValueError: if `batch_size` or `excerpt_samples` is below 1, there are
-      fewer utterances than `batch_size`, or `start_step` is outside
-      `[0, steps_per_epoch]`.
-  """
-  num_steps = steps_per_epoch(len(utterances), batch_size)
-  if excerpt_samples < 1:
-    raise ValueError(
-        f'excerpt_samples must be at least 1, got {excerpt_samples}')
-  if num_steps == 0:
-    raise ValueError(f'{len(utterances)} utterances do not fill one batch of '
-                     f'{batch_size}')
-  if not 0 <= start_step <= num_steps:
-    raise ValueError(
-        f'start_step must be in [0, {num_steps}], got {start_step}')
-  rng = np.random.default_rng((seed, epoch))
-  order = rng.permutation(len(utterances))
-  # Drawn for the whole epoch up front, so skipped batches use no randomness
-  # and the later batches do not depend on start_step.
-  offset_fractions = rng.random(len(utterances))
-  starts = [
-      int(fraction * (max(len(utterances[index].mixture) - excerpt_samples, 0)
-                      + 1))
-      for index, fraction in zip(order, offset_fractions)]
-  return _batches(utterances, order, starts, batch_size, excerpt_samples,
-                  range(start_step, num_steps))
-
-
-def _batches(utterances, order, starts, batch_size, excerpt_samples, steps):
-  """Yields the batches numbered `steps` of an epoch drawn in advance."""
-  for step in steps:
-    positions = range(step * batch_size, (step + 1) * batch_size)
-    mixtures, sources = zip(*(
-        _excerpt(utterances[order[position]], starts[position], excerpt_samples)
-        for position in positions))
-    yield np.stack(mixtures), np.stack(sources)

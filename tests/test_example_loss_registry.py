@@ -22,7 +22,7 @@ def tiny_batch():
 
 
 @pytest.mark.parametrize('name', list(loss_registry.LOSSES))
-def test_network_with_the_heads_a_loss_names_gives_it_and_masks_gives_a_loss_and_masks(name):
+def test_network_with_the_heads_a_loss_names_gives_its_loss_and_masks(name):
   loss = loss_registry.get(name)
   model = models.BLSTMNet(heads=loss.heads, hidden_size=4, num_layers=1,
                           embedding_dim=3, rngs=nnx.Rngs(0))

@@ -11,8 +11,8 @@ import numpy as np
 import optax
 
 from autoclip_optax import _groups
+from autoclip_optax import _history
 from autoclip_optax import _percentile
-from autoclip_optax import _window
 
 # 100k norms cover the paper's whole-history runs (~80k steps) and cost
 # 800 KB of state: two float32 slots (ring buffer and sorted copy) per norm.
@@ -42,6 +42,8 @@ class AutoClipState(NamedTuple):
     oldest: float32, the value of ``history`` that the next recorded norm
       replaces. Carried from the last step so that the next one never reads
       ``history`` before writing it: XLA then updates it in place.
+    next_slot: int32 in ``[0, max_history)``, the slot of ``history`` that
+      the next recorded norm is written to.
   """
 
   count: chex.Array
@@ -50,6 +52,7 @@ class AutoClipState(NamedTuple):
   history: chex.Array
   sorted_history: chex.Array
   oldest: chex.Array
+  next_slot: chex.Array
 
 
 def _is_concrete_number(value) -> bool:
@@ -99,54 +102,28 @@ def _group_norms(leaves, group_of_leaf, num_groups) -> jax.Array:
 def _empty_state(max_history, num_groups) -> AutoClipState:
   """A state with nothing recorded; ``num_groups=None`` is the global mode."""
   groups = () if num_groups is None else (num_groups,)
-
-  def full(shape, value, dtype=jnp.float32):
-    # Separate buffers, so that the state can be donated.
-    return jnp.full(groups + shape, value, dtype)
-
-  return AutoClipState(
-      count=full((), 0, jnp.int32),
-      grad_norm=full((), 0.0),
-      threshold=full((), jnp.inf),
-      history=full((max_history,), jnp.inf),
-      sorted_history=full((max_history,), jnp.inf),
-      oldest=full((), jnp.inf),
-  )
+  return AutoClipState(grad_norm=jnp.zeros(groups, jnp.float32),
+                       threshold=jnp.full(groups, jnp.inf, jnp.float32),
+                       **_history.empty(max_history, groups)._asdict())
 
 
-def _record_and_threshold(state, grad_norm, percentile, max_history):
+def _record_and_threshold(state, grad_norm, percentile):
   """One group's step: records a finite norm, returns scale and new state.
 
   Args:
     state: the group's :class:`AutoClipState`, global-mode shapes.
     grad_norm: float32 scalar, the group's norm at this step.
     percentile: float32 scalar in [0, 100].
-    max_history: the window's size.
 
   Returns:
     The factor to multiply the group's updates by, and the new state.
   """
-  finite = jnp.isfinite(grad_norm)
-  slot = state.count % max_history
-  leaving = state.oldest
-  # A non-finite norm swaps the leaving value for itself: nothing changes.
-  arriving = jnp.where(finite, grad_norm, leaving)
-  history = state.history.at[slot].set(arriving)
-  sorted_history = _window.replace_in_sorted(
-      state.sorted_history, leaving, arriving)
-  count = jnp.where(finite, optax.safe_increment(state.count), state.count)
-  threshold = _percentile.sorted_percentile(
-      sorted_history, jnp.minimum(count, max_history), percentile)
+  history = _history.record(_history.of(state), grad_norm)
+  threshold = _history.percentile(history, percentile)
   # Division-free when not clipping; threshold 0 gives 0, not 0/0.
   scale = jnp.where(grad_norm > threshold, threshold / grad_norm, 1.0)
-  return scale, AutoClipState(
-      count=count,
-      grad_norm=grad_norm,
-      threshold=threshold,
-      history=history,
-      sorted_history=sorted_history,
-      oldest=history[count % max_history],
-  )
+  return scale, state._replace(grad_norm=grad_norm, threshold=threshold,
+                               **history._asdict())
 
 
 def autoclip(
@@ -256,14 +233,12 @@ def autoclip(
         jnp.nan_to_num(jnp.asarray(percentile, jnp.float32), nan=100.0),
         0.0, 100.0)
     step = functools.partial(_record_and_threshold,
-                             percentile=clipped_percentile,
-                             max_history=max_history)
+                             percentile=clipped_percentile)
     grad_norms = _group_norms(leaves, group_of_leaf, num_groups)
     if group_by is None:
       scale, state = step(state, grad_norms[0])
     else:
-      # One trace for all groups; the window's loop runs as long as the
-      # longest shift among them.
+      # One trace for all groups, their windows updated in one batch.
       scale, state = jax.vmap(step)(state, grad_norms)
     scale = jnp.atleast_1d(scale)
     clipped = [leaf * scale[group].astype(leaf.dtype)

@@ -1,19 +1,24 @@
 """Sorted-window arithmetic: keep a sorted copy of a ring buffer up to date.
 
 Replacing one value of a sorted array by another shifts every element between
-the slot that leaves and the slot where the new value lands over by one place.
-Both slots are found by binary search, and only the blocks that hold that
-range are rewritten, in place: a step costs at most one pass over the window
-(O(H), memory-bound), usually a fraction of one, instead of a sort
-(O(H log H)).
+the slot that leaves and the slot where the new value lands over by one place:
+a step costs at most one pass over the window (O(H), memory-bound) instead of
+a sort (O(H log H)). Two formulations give the same values, bit for bit, each
+fastest where it runs:
 
-A batch of windows (one per parameter group) is updated one window after
-another inside a single loop, each by its own number of blocks: the work is
-the sum of their shifts, and the program does not grow with the batch.
-:func:`replace_in_sorted` takes that path under ``jax.vmap`` too, where vmap's
-own rule would run the loop for the longest shift with a select between the
-old and new windows, a pass over all of them, on every iteration, and would
-turn the block reads and writes into gathers and scatters.
+* On accelerators, every element of the result is a select among its old
+  value and its two neighbours, decided by comparing them with the leaving
+  and the arriving value: one fused elementwise pass, with no search, no loop
+  and no reduction. A loop there costs a kernel launch per iteration and a
+  read of its condition back to the host.
+* On CPU, where a loop iteration is cheap and a pass over the window is not,
+  both slots are found by binary search and only the blocks that hold the
+  range between them are rewritten, in place: usually a fraction of a pass. A
+  batch of windows (one per parameter group) is updated one window after
+  another inside a single loop, each by its own number of blocks, so the work
+  is the sum of their shifts. :func:`replace_in_sorted` takes that path under
+  ``jax.vmap`` too, where vmap's own rule would run the loop for the longest
+  shift with a select over all windows on every iteration.
 """
 
 import functools
@@ -22,8 +27,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-# On CPU, a loop over blocks touches only the shifted range. Elsewhere, where
-# each loop iteration costs a kernel launch, the window is one block.
+# On CPU, each iteration of the loop over blocks rewrites this many values.
 CPU_BLOCK_SIZE = 16384
 
 
@@ -126,6 +130,46 @@ def replace_in_sorted_blockwise(sorted_values: jax.Array, leaving: jax.Array,
   return rows.reshape(sorted_values.shape)
 
 
+def replace_in_sorted_elementwise(sorted_values: jax.Array,
+                                  leaving: jax.Array,
+                                  arriving: jax.Array) -> jax.Array:
+  """Removes one occurrence of ``leaving`` and inserts ``arriving``, in one pass.
+
+  With ``s`` the window and ``r`` the window without ``leaving``, ``r[i]`` is
+  ``s[i]`` below the first occurrence of ``leaving`` (exactly where
+  ``s[i] < leaving``) and ``s[i + 1]`` from there on. ``arriving`` then lands
+  at the first index where ``r[i] >= arriving``: the result is ``r[i]`` below
+  that index, ``arriving`` at it and ``r[i - 1]`` above it. Each output
+  element thus needs only ``s[i - 1]``, ``s[i]`` and ``s[i + 1]``, which XLA
+  fuses into a single elementwise kernel. Comparisons only: the values are
+  moved, never computed.
+
+  Args:
+    sorted_values: a window, ``[size]``, sorted in ascending order, without
+      NaNs; or a batch of such windows, ``[..., size]``.
+    leaving: a value present in the window; shape ``[...]``, one per window.
+    arriving: the value that takes its place, not NaN; one per window.
+
+  Returns:
+    The same as :func:`replace_in_sorted_blockwise`, bit for bit.
+  """
+  arriving = jnp.expand_dims(arriving.astype(sorted_values.dtype), -1)
+  leaving = jnp.expand_dims(leaving.astype(sorted_values.dtype), -1)
+  edge = sorted_values.shape[:-1] + (1,)
+  # Past the ends: +inf above (nothing left to shift down), -inf below (so
+  # that ``arriving`` lands at index 0 when it is the smallest).
+  above = jnp.concatenate(
+      [sorted_values[..., 1:], jnp.full(edge, jnp.inf, sorted_values.dtype)],
+      axis=-1)
+  below = jnp.concatenate(
+      [jnp.full(edge, -jnp.inf, sorted_values.dtype), sorted_values[..., :-1]],
+      axis=-1)
+  rest = jnp.where(sorted_values < leaving, sorted_values, above)
+  rest_below = jnp.where(below < leaving, below, sorted_values)
+  return jnp.where(rest < arriving, rest,
+                   jnp.where(rest_below < arriving, arriving, rest_below))
+
+
 def _replace_in_sorted_for_platform(sorted_values: jax.Array,
                                     leaving: jax.Array,
                                     arriving: jax.Array) -> jax.Array:
@@ -133,18 +177,19 @@ def _replace_in_sorted_for_platform(sorted_values: jax.Array,
       sorted_values, leaving, arriving,
       cpu=functools.partial(replace_in_sorted_blockwise,
                             block_size=CPU_BLOCK_SIZE),
-      default=functools.partial(replace_in_sorted_blockwise,
-                                block_size=sorted_values.shape[-1]),
+      default=replace_in_sorted_elementwise,
   )
 
 
 @jax.custom_batching.custom_vmap
 def replace_in_sorted(sorted_values: jax.Array, leaving: jax.Array,
                       arriving: jax.Array) -> jax.Array:
-  """:func:`replace_in_sorted_blockwise` with the block size for the platform.
+  """Swaps ``leaving`` for ``arriving`` in a sorted window, for the platform.
 
-  Under ``jax.vmap``, the batch of windows is updated one after another in
-  one loop (see the module docstring).
+  :func:`replace_in_sorted_blockwise` on CPU, where under ``jax.vmap`` the
+  batch of windows is updated one after another in one loop;
+  :func:`replace_in_sorted_elementwise` on every other platform, straight-line
+  code. Both give the same result, bit for bit.
 
   Args:
     sorted_values: a 1-D array sorted in ascending order, without NaNs.

@@ -3,11 +3,16 @@
 import numpy as np
 
 
+def _wide(leaf) -> np.ndarray:
+  """``leaf`` in float64, or complex128 if it is complex."""
+  leaf = np.asarray(leaf)
+  return leaf.astype(np.result_type(leaf.dtype, np.float64))
+
+
 def global_norm(updates) -> float:
-  """Global L2 norm of a dict of arrays, in float64."""
-  return float(np.sqrt(sum(
-      np.sum(np.square(np.asarray(leaf, np.float64)))
-      for leaf in updates.values())))
+  """Global L2 norm of a dict of (real or complex) arrays, in float64."""
+  return float(np.sqrt(sum(np.sum(np.abs(_wide(leaf))**2)
+                           for leaf in updates.values())))
 
 
 def autoclip_reference(update_sequence, percentiles, max_history):
@@ -30,8 +35,7 @@ def autoclip_reference(update_sequence, percentiles, max_history):
     threshold = np.percentile(recorded, percentile) if recorded else np.inf
     scale = threshold / norm if norm > threshold else 1.0
     with np.errstate(invalid='ignore'):  # inf * 0 on non-finite steps.
-      clipped = {name: np.asarray(leaf, np.float64) * scale
-                 for name, leaf in updates.items()}
+      clipped = {name: _wide(leaf) * scale for name, leaf in updates.items()}
     steps.append((clipped, norm, threshold, list(recorded)))
   return steps
 

@@ -271,3 +271,48 @@ def test_apply_if_finite_recipe_skips_bad_steps():
   assert state.notfinite_count == 1
   assert state.inner_state[0].count == 1
   assert state.inner_state[0].threshold == 5.0
+
+
+@pytest.mark.parametrize('percentile, pick', [(np.nan, np.max), (-20.0, np.min),
+                                              (150.0, np.max)])
+def test_traced_percentile_outside_range_is_clamped(percentile, pick):
+  # Only a traced percentile can be out of range: a Python one raises.
+  sequence = spiky_updates(12)
+  tx = optax.inject_hyperparams(autoclip, static_args=('max_history',))(
+      percentile=50.0, max_history=8)
+  update = jax.jit(tx.update)
+  state = tx.init(sequence[0])
+  for updates in sequence:
+    state.hyperparams['percentile'] = jnp.float32(percentile)
+    _, state = update(updates, state)
+  window = autoclip_reference(sequence, [50] * 12, 8)[-1][3]
+  np.testing.assert_allclose(state.inner_state.threshold, pick(window),
+                             rtol=1e-6)
+
+
+def test_complex_leaves_are_clipped_by_their_modulus():
+  rng = np.random.default_rng(0)
+  sequence = [{'z': (rng.normal(size=4) + 1j * rng.normal(size=4)).astype(
+      np.complex64) * rng.lognormal(0, 2)} for _ in range(30)]
+  outputs, states = run(autoclip(10, max_history=7), sequence)
+  reference = autoclip_reference(sequence, [10] * 30, 7)
+  assert_matches_reference(outputs, states, reference, 7)
+  assert outputs[-1]['z'].dtype == jnp.complex64
+
+
+def test_window_keeps_turning_after_count_saturates():
+  sequence = spiky_updates(40)
+  tx = autoclip(10, max_history=6)
+  update = jax.jit(tx.update)
+  state = tx.init(sequence[0])
+  for updates in sequence[:9]:
+    _, state = update(updates, state)
+  # As if 2**31 - 3 norms had been recorded: the count saturates below.
+  state = state._replace(count=jnp.int32(np.iinfo(np.int32).max - 2))
+  for updates in sequence[9:]:
+    _, state = update(updates, state)
+  assert state.count == np.iinfo(np.int32).max
+  window = autoclip_reference(sequence, [10] * 40, 6)[-1][3]
+  np.testing.assert_allclose(np.sort(state.history), np.sort(window),
+                             rtol=1e-6)
+  np.testing.assert_allclose(state.sorted_history, np.sort(window), rtol=1e-6)

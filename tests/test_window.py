@@ -34,6 +34,49 @@ def test_random_replacements_match_numpy(size, block_size):
     np.testing.assert_array_equal(window, expected)
 
 
+@pytest.mark.parametrize('size', [1, 2, 5, 64, 1001])
+def test_elementwise_random_replacements_match_numpy(size):
+  rng = np.random.default_rng(size)
+  replace = jax.jit(_window.replace_in_sorted_elementwise)
+  # Ties, infinite padding, and arriving values past both ends.
+  window = np.sort(np.where(rng.random(size) < 0.3, np.inf,
+                            rng.integers(0, 7, size)).astype(np.float32))
+  for _ in range(100):
+    leaving = window[rng.integers(size)]
+    arriving = np.float32(rng.choice([rng.integers(-1, 8), 2.5, np.inf]))
+    expected = numpy_replace(window, leaving, arriving)
+    window = np.asarray(replace(window, leaving, arriving))
+    np.testing.assert_array_equal(window, expected)
+
+
+def test_elementwise_batch_replaces_in_each_like_numpy():
+  rng = np.random.default_rng(0)
+  replace = jax.jit(_window.replace_in_sorted_elementwise)
+  windows = np.sort(rng.integers(0, 7, (3, 50)).astype(np.float32), axis=1)
+  for _ in range(50):
+    leaving = windows[np.arange(3), rng.integers(50, size=3)]
+    arriving = rng.integers(-1, 8, 3).astype(np.float32)
+    expected = [numpy_replace(*row) for row in zip(windows, leaving, arriving)]
+    windows = np.asarray(replace(windows, leaving, arriving))
+    np.testing.assert_array_equal(windows, expected)
+
+
+def test_elementwise_and_blockwise_agree_bit_for_bit_on_signed_zeros():
+  rng = np.random.default_rng(0)
+  blockwise = jax.jit(functools.partial(_window.replace_in_sorted_blockwise,
+                                        block_size=3))
+  elementwise = jax.jit(_window.replace_in_sorted_elementwise)
+  # -0.0 == 0.0: which of the equal values moves is decided by position.
+  window = np.array([-1, -0.0, 0.0, -0.0, 0.0, 1, 1, 2], np.float32)
+  for _ in range(200):
+    leaving = window[rng.integers(window.size)]
+    arriving = rng.choice(np.float32([-0.0, 0.0, 1, -1, 3]))
+    expected = np.asarray(blockwise(window, leaving, arriving))
+    window = np.asarray(elementwise(window, leaving, arriving))
+    np.testing.assert_array_equal(window.view(np.uint32),
+                                  expected.view(np.uint32))
+
+
 def test_platform_default_matches_numpy_on_a_long_window():
   rng = np.random.default_rng(0)
   window = np.sort(rng.lognormal(size=100_000).astype(np.float32))

@@ -1,0 +1,131 @@
+"""The accelerator path: straight-line code, bit-identical to the CPU path.
+
+On CPU the sorted window is updated by binary search and a loop over blocks;
+on every other platform by one elementwise pass. Both run here: the CPU path
+as it is, the accelerator path by swapping it in for the CPU one.
+"""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from autoclip_optax import _window
+from autoclip_optax import autoclip
+from tests.autoclip_reference import autoclip_reference
+from tests.autoclip_reference import grouped_autoclip_reference
+from tests.test_autoclip import run
+
+
+def unlabelled_groups(params):
+  """Labels that are neither sorted nor adjacent in leaf order."""
+  return {name: {'a': 'z', 'b': 'y', 'c': 'z', 'd': 'x'}[name]
+          for name in params}
+
+
+@pytest.mark.parametrize('platform', ['cuda', 'tpu'])
+@pytest.mark.parametrize('group_by', [None, 'leaf', unlabelled_groups])
+@pytest.mark.parametrize('max_history', [100_000, 1_000_000])
+def test_accelerator_lowering_has_no_loops(platform, group_by, max_history):
+  tx = optax.chain(autoclip(10, max_history, group_by=group_by),
+                   optax.adam(1e-3))
+  params = {name: jnp.zeros((8, 8)) for name in 'abcd'}
+
+  def train_step(grads, state, params):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  module = jax.export.export(jax.jit(train_step), platforms=[platform])(
+      params, jax.eval_shape(tx.init, params), params).mlir_module()
+  assert not re.findall(r'stablehlo\.while', module)
+
+
+def adversarial_updates(num_steps, seed):
+  """Four leaves with few distinct norms (ties), zeros, NaN and inf steps."""
+  rng = np.random.default_rng(seed)
+  levels = np.array([0.0, 0.5, 1.0, 1.0, 2.0, 3.0, 1e4], np.float32)
+  sequence = []
+  for _ in range(num_steps):
+    updates = {}
+    for name in 'abcd':
+      leaf = np.zeros(3, np.float32)
+      leaf[0] = rng.choice(levels)  # The leaf's norm is one of the levels.
+      roll = rng.random()
+      if roll < 0.04:
+        leaf[1] = np.nan
+      elif roll < 0.08:
+        leaf[2] = rng.choice([np.inf, -np.inf])
+      updates[name] = leaf
+    sequence.append(updates)
+  return sequence
+
+
+def spiky_random_updates(num_steps, seed):
+  rng = np.random.default_rng(seed)
+  return [{name: (rng.lognormal(0, 1) * rng.normal(size=5)).astype(np.float32)
+           for name in 'abcd'} for _ in range(num_steps)]
+
+
+def run_on_both_paths(make_tx, sequence, monkeypatch):
+  """Runs a transform with the CPU path, then a new one with the other."""
+  cpu = run(make_tx(), sequence)
+  with monkeypatch.context() as patch:
+    patch.setattr(_window, 'replace_in_sorted',
+                  _window.replace_in_sorted_elementwise)
+    # A new transform, so that jit traces it anew instead of reusing the
+    # CPU path's trace.
+    accelerator = run(make_tx(), sequence)
+  return cpu, accelerator
+
+
+def assert_bit_identical(first, second):
+  jax.tree.map(
+      lambda a, b: np.testing.assert_array_equal(
+          np.atleast_1d(a).view(np.uint8), np.atleast_1d(b).view(np.uint8)),
+      first, second)
+
+
+@pytest.mark.parametrize('make_sequence',
+                         [adversarial_updates, spiky_random_updates])
+@pytest.mark.parametrize('percentile', [0, 10, 50, 100])
+@pytest.mark.parametrize('max_history', [1, 5, 64])
+def test_global_paths_are_bit_identical_and_match_numpy(
+    make_sequence, percentile, max_history, monkeypatch):
+  sequence = make_sequence(300, seed=max_history)
+  cpu, accelerator = run_on_both_paths(
+      lambda: autoclip(percentile, max_history), sequence, monkeypatch)
+  assert_bit_identical(cpu, accelerator)
+  reference = autoclip_reference(sequence, [percentile] * len(sequence),
+                                 max_history)
+  for output, state, (expected, _, threshold, window) in zip(
+      *accelerator, reference):
+    np.testing.assert_allclose(state.threshold, threshold, rtol=1e-5)
+    np.testing.assert_allclose(state.sorted_history[:len(window)],
+                               np.sort(window), rtol=1e-6)
+    for name in expected:
+      np.testing.assert_allclose(output[name], expected[name], rtol=1e-5,
+                                 atol=1e-6)
+
+
+@pytest.mark.parametrize('group_by, label_of', [
+    ('leaf', lambda name: name),
+    (unlabelled_groups, lambda name: unlabelled_groups({name: 0})[name]),
+])
+@pytest.mark.parametrize('percentile', [0, 10, 100])
+def test_grouped_paths_are_bit_identical_and_match_numpy(
+    group_by, label_of, percentile, monkeypatch):
+  sequence = adversarial_updates(200, seed=percentile)
+  cpu, accelerator = run_on_both_paths(
+      lambda: autoclip(percentile, 6, group_by=group_by), sequence,
+      monkeypatch)
+  assert_bit_identical(cpu, accelerator)
+  reference = grouped_autoclip_reference(
+      sequence, [percentile] * len(sequence), 6, label_of)
+  for state, (_, _, thresholds, windows) in zip(accelerator[1], reference):
+    np.testing.assert_allclose(state.threshold, thresholds, rtol=1e-5)
+    for group, window in enumerate(windows):
+      np.testing.assert_allclose(state.sorted_history[group, :len(window)],
+                                 np.sort(window), rtol=1e-6)

@@ -3,7 +3,9 @@
 import json
 
 from flax import nnx
+import jax
 import numpy as np
+import optax
 import pytest
 
 from examples.flax_separation import train
@@ -86,13 +88,45 @@ def test_real_dataset_needs_data_dir(tmp_path):
     train.train_and_evaluate(config, tmp_path / 'run')
 
 
-def test_optimizer_is_autoclip_then_adam():
+def tiny_model_and_optimizer():
   config = default.get_config()
   config.hidden_size = 4
   config.num_layers = 1
-  optimizer = train.create_optimizer(train.create_model(config), config)
-  assert type(optimizer.opt_state[0]).__name__ == 'AutoClipState'
+  model = train.create_model(config)
+  return model, train.create_optimizer(model, config)
+
+
+def autoclip_state(optimizer):
+  return optax.tree_utils.tree_get(optimizer.opt_state, 'AutoClipState')
+
+
+def test_optimizer_is_autoclip_then_adam_skipping_nonfinite_steps():
+  _, optimizer = tiny_model_and_optimizer()
+  assert type(optimizer.opt_state).__name__ == 'ApplyIfFiniteState'
+  assert type(autoclip_state(optimizer)).__name__ == 'AutoClipState'
   assert isinstance(optimizer, nnx.Optimizer)
+
+
+def test_nan_batch_is_skipped_and_autoclip_history_is_as_without_it():
+  rng = np.random.default_rng(0)
+  batches = [(sources.sum(axis=1), sources) for sources in
+             rng.normal(size=(4, 2, 2, 640)).astype(np.float32)]
+  nan_batch = (np.full_like(batches[0][0], np.nan), batches[0][1])
+  clean_model, clean_optimizer = tiny_model_and_optimizer()
+  for mixture, sources in batches:
+    train.train_step(clean_model, clean_optimizer, mixture, sources)
+  model, optimizer = tiny_model_and_optimizer()
+  records = [train.train_step(model, optimizer, mixture, sources)
+             for mixture, sources in batches[:2] + [nan_batch] + batches[2:]]
+  assert not np.isfinite(records[2]['loss']) and records[2]['step_size'] == 0
+  assert records[3]['step_size'] > 0
+  params = jax.tree.leaves(nnx.state(model, nnx.Param))
+  assert all(np.isfinite(leaf).all() for leaf in params)
+  for leaf, clean_leaf in zip(
+      jax.tree.leaves(autoclip_state(optimizer)) + params,
+      jax.tree.leaves(autoclip_state(clean_optimizer))
+      + jax.tree.leaves(nnx.state(clean_model, nnx.Param))):
+    np.testing.assert_array_equal(leaf, clean_leaf)
 
 
 @pytest.mark.parametrize('loss', ['dc', 'wkm', 'chimera', 'snr'])

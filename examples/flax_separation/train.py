@@ -44,6 +44,8 @@ from examples.flax_separation import spectral
 # Validation and test mixtures are zero-padded to a multiple of this many
 # samples, so that evaluation compiles once or twice, not per length.
 EVAL_LENGTH_QUANTUM = 8 * spectral.SAMPLE_RATE
+# Steps with a non-finite update skipped in a row before training gives up.
+MAX_CONSECUTIVE_NONFINITE_STEPS = 5
 # The progress bar shows the loss every this many steps; reading it waits for
 # the step to finish.
 _PROGRESS_LOSS_EVERY = 25
@@ -60,10 +62,19 @@ def create_model(config: ml_collections.ConfigDict) -> models.BLSTMNet:
 
 def create_optimizer(model: nnx.Module,
                      config: ml_collections.ConfigDict) -> nnx.Optimizer:
-  """Adam behind AutoClip; percentile 100 never clips (the paper's baseline)."""
-  tx = optax.chain(
-      autoclip(config.autoclip_percentile, config.autoclip_max_history),
-      optax.adam(config.learning_rate))
+  """Adam behind AutoClip, skipping steps whose update is not finite.
+
+  Percentile 100 never clips (the paper's baseline). AutoClip never records
+  a non-finite gradient norm, but passes the non-finite update on;
+  ``optax.apply_if_finite`` drops such a step whole (AutoClip's and Adam's
+  state included), and gives up after ``MAX_CONSECUTIVE_NONFINITE_STEPS``
+  in a row.
+  """
+  tx = optax.apply_if_finite(
+      optax.chain(
+          autoclip(config.autoclip_percentile, config.autoclip_max_history),
+          optax.adam(config.learning_rate)),
+      max_consecutive_errors=MAX_CONSECUTIVE_NONFINITE_STEPS)
   return nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
@@ -110,7 +121,9 @@ def train_step(model: nnx.Module, optimizer: nnx.Optimizer,
 
   Returns:
     The loss, the gradient norm and AutoClip's threshold at this step, and
-    the step size ``||theta_t - theta_{t-1}||``.
+    the step size ``||theta_t - theta_{t-1}||``. A step skipped for a
+    non-finite update has step size 0, and AutoClip's fields of the last
+    step that was not skipped.
   """
   params_before = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   loss, grads = nnx.value_and_grad(
@@ -118,7 +131,7 @@ def train_step(model: nnx.Module, optimizer: nnx.Optimizer,
                                chimera_alpha))(model)
   optimizer.update(model, grads)
   params_after = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-  clip_state = optimizer.opt_state[0]
+  clip_state = optax.tree_utils.tree_get(optimizer.opt_state, 'AutoClipState')
   return {
       'loss': loss,
       'grad_norm': clip_state.grad_norm[...],

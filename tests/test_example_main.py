@@ -4,6 +4,9 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+from examples.flax_separation import main
 from tests.test_example_sweep import config_flags_for
 from tests.test_example_train import tiny_config
 
@@ -14,20 +17,74 @@ def run_main(*arguments):
       capture_output=True, text=True)
 
 
-def test_compares_percentiles_and_writes_table_and_plot(tmp_path):
-  config = tiny_config(tmp_path / 'data', 1)
-  completed = run_main(f'--workdir={tmp_path / "run"}',
-                       '--percentiles=10,100', *config_flags_for(config))
+@pytest.fixture(scope='module')
+def one_seed_run(tmp_path_factory):
+  """The main job with its default seed, at a tiny size."""
+  tmp_path = tmp_path_factory.mktemp('main')
+  flags = [f'--workdir={tmp_path / "run"}', '--percentiles=10,100',
+           *config_flags_for(tiny_config(tmp_path / 'data', 1))]
+  return tmp_path / 'run', flags, run_main(*flags)
+
+
+def test_compares_percentiles_and_writes_table_and_plot(one_seed_run):
+  workdir, _, completed = one_seed_run
   assert completed.returncode == 0, completed.stderr
-  comparison = json.loads((tmp_path / 'run' / 'comparison.json').read_text())
-  assert list(comparison) == ['p=10', 'p=100']
-  for label, row in comparison.items():
-    assert f'| {label} | {row["test_si_sdri"]:.2f} |' in completed.stdout
-  assert (tmp_path / 'run' / 'training_curves.png').stat().st_size > 10_000
+  comparison = json.loads((workdir / 'comparison.json').read_text())
+  assert list(comparison['runs']) == ['p=10', 'p=100']
+  for label, by_seed in comparison['runs'].items():
+    row = by_seed['0']
+    assert f'| {label} | 0 | {row["test_si_sdri"]:.2f} |' in completed.stdout
+  assert (workdir / 'training_curves.png').stat().st_size > 10_000
+
+
+def test_one_seed_says_it_cannot_decide_and_names_the_command(one_seed_run):
+  workdir, _, completed = one_seed_run
+  assert 'One seed cannot decide the comparison' in completed.stdout
+  assert f'--workdir={workdir} --seeds=0,1,2' in completed.stdout
+
+
+def test_more_seeds_reuse_finished_runs_and_pair_the_differences(
+    one_seed_run):
+  workdir, flags, _ = one_seed_run
+  seed0 = workdir / 'seed0' / 'p10' / 'results.json'
+  before = seed0.stat().st_mtime_ns
+  completed = run_main(*flags, '--seeds=0,1')
+  assert completed.returncode == 0, completed.stderr
+  assert seed0.stat().st_mtime_ns == before
+  comparison = json.loads((workdir / 'comparison.json').read_text())
+  scores = comparison['test_si_sdri']
+  for seed in ('0', '1'):
+    assert comparison['differences']['p=10 - p=100'][seed] == pytest.approx(
+        scores['p=10'][seed] - scores['p=100'][seed])
+  assert '| mean ± std |' in completed.stdout
+  assert 'One seed cannot decide' not in completed.stdout
+
+
+def test_summary_gives_mean_std_and_paired_differences():
+  results = {(p, seed): {'test_si_sdri': score, 'test_si_sdr': score,
+                         'best_valid_si_sdri': score, 'steps': 10,
+                         'train_seconds': 1.0}
+             for (p, seed), score in {(10.0, 0): 3.0, (10.0, 1): 2.0,
+                                      (10.0, 2): 4.0, (100.0, 0): 2.5,
+                                      (100.0, 1): 2.0, (100.0, 2): 3.0}.items()}
+  summary = main.summarise(results, [10.0, 100.0], [0, 1, 2])
+  assert summary['differences'] == {'p=10 - p=100': {0: 0.5, 1: 0.0, 2: 1.0}}
+  table = main.render(summary, [0, 1, 2])
+  assert '| p=10 | 3.00 ± 1.00 |' in table
+  assert '| p=100 | 2.50 ± 0.50 |' in table
+  assert '| 2 | +1.00 |' in table
+  assert '| mean ± std | 0.50 ± 0.50 |' in table
 
 
 def test_bad_percentile_is_a_usage_error(tmp_path):
   completed = run_main(f'--workdir={tmp_path}', '--percentiles=10,120')
   assert completed.returncode != 0
   assert '--percentiles must be in [0, 100]' in completed.stderr
+  assert not any(tmp_path.iterdir())
+
+
+def test_bad_seed_is_a_usage_error(tmp_path):
+  completed = run_main(f'--workdir={tmp_path}', '--seeds=0,one')
+  assert completed.returncode != 0
+  assert '--seeds must be integers' in completed.stderr
   assert not any(tmp_path.iterdir())

@@ -10,6 +10,7 @@ import pytest
 from examples.flax_separation import cli
 from examples.flax_separation import loss_registry
 from examples.flax_separation import sweep
+from examples.flax_separation import train
 from examples.flax_separation.configs import sweep_cpu
 from tests.test_example_train import tiny_config
 
@@ -89,15 +90,15 @@ def test_results_of_another_config_do_not_count(tmp_path):
   config = sweep.cell_config(sweep_cpu.get_config(), tmp_path, 'mi', 10.0)
   (tmp_path / 'results.json').write_text(json.dumps(
       {'test_si_sdr': 1.0, 'config': config.to_dict()}))
-  assert sweep.finished_results(tmp_path, config)['test_si_sdr'] == 1.0
+  assert train.finished_results(tmp_path, config)['test_si_sdr'] == 1.0
   other = sweep.cell_config(sweep_cpu.get_config(), tmp_path, 'mi', 25.0)
-  assert sweep.finished_results(tmp_path, other) is None
+  assert train.finished_results(tmp_path, other) is None
 
 
 def test_truncated_results_do_not_count(tmp_path):
   config = sweep.cell_config(sweep_cpu.get_config(), tmp_path, 'mi', 10.0)
   (tmp_path / 'results.json').write_text('{"test_si_sdr": 1.0, "con')
-  assert sweep.finished_results(tmp_path, config) is None
+  assert train.finished_results(tmp_path, config) is None
 
 
 def test_results_of_a_moved_sweep_still_count(tmp_path):
@@ -105,7 +106,7 @@ def test_results_of_a_moved_sweep_still_count(tmp_path):
   (tmp_path / 'results.json').write_text(json.dumps(
       {'test_si_sdr': 1.0, 'config': config.to_dict()}))
   moved = sweep.cell_config(sweep_cpu.get_config(), tmp_path / 'new', 'mi', 0)
-  assert sweep.finished_results(tmp_path, moved) is not None
+  assert train.finished_results(tmp_path, moved) is not None
 
 
 def test_partial_table_shows_dashes_for_cells_not_run():

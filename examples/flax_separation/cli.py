@@ -46,7 +46,8 @@ def parse_percentiles(values: Sequence[str]) -> list[float]:
 
 
 def run_config(config: ml_collections.ConfigDict, workdir: pathlib.Path,
-               percentile: float) -> ml_collections.ConfigDict:
+               percentile: float,
+               seed: int | None = None) -> ml_collections.ConfigDict:
   """A copy of ``config`` for one run of a command that trains several.
 
   Args:
@@ -54,6 +55,7 @@ def run_config(config: ml_collections.ConfigDict, workdir: pathlib.Path,
     workdir: the command's work directory; the runs share the espeak2mix set
       generated under ``<workdir>/data`` unless ``config.data_dir`` is set.
     percentile: the run's AutoClip percentile.
+    seed: the run's ``config.seed``; ``config``'s own if None.
 
   Returns:
     The run's config.
@@ -61,6 +63,8 @@ def run_config(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.autoclip_percentile = float(percentile)
+    if seed is not None:
+      config.seed = seed
     if config.dataset == 'espeak2mix' and not config.data_dir:
       config.data_dir = str(pathlib.Path(workdir) / 'data')
   return config

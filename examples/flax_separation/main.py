@@ -2,20 +2,27 @@
 
 Example (the README's main job):
 
-  python -m examples.flax_separation.main --workdir=workdir \
-      --config=examples/flax_separation/configs/default.py
+  python -m examples.flax_separation.main --workdir=workdir
 
 Trains one run per percentile in ``--percentiles`` (default AutoClip p=10
-against p=100, no clipping) under ``<workdir>/p<percentile>``, on data under
-``<workdir>/data``, then prints a table of test SI-SDRi and writes
-``<workdir>/comparison.json`` and ``<workdir>/training_curves.png``.
+against p=100, no clipping) and seed in ``--seeds`` (default 0) under
+``<workdir>/seed<seed>/p<percentile>``, on data under ``<workdir>/data``,
+then prints a table of every run's test SI-SDRi, and, per percentile, their
+mean and standard deviation over the seeds and the difference to the last
+percentile seed by seed. Writes ``<workdir>/comparison.json`` and
+``<workdir>/training_curves.png``. A run whose ``results.json`` was written
+with its config is not trained again, so adding seeds trains only the new
+runs.
 """
 
 import json
 import pathlib
+from collections.abc import Mapping, Sequence
 
 from absl import app
+from absl import flags
 from absl import logging
+import numpy as np
 
 from examples.flax_separation import cli
 from examples.flax_separation import loss_registry
@@ -23,39 +30,125 @@ from examples.flax_separation import plots
 from examples.flax_separation import train
 
 FLAGS = cli.FLAGS
+# What one row of the per-run table shows, as in each run's results.json.
+_RUN_FIELDS = ('test_si_sdri', 'test_si_sdr', 'best_valid_si_sdri', 'steps',
+               'train_seconds')
+
+
+def _label(percentile: float) -> str:
+  return f'p={percentile:g}'
+
+
+def _mean_std(values: Sequence[float]) -> str:
+  if len(values) == 1:
+    return f'{values[0]:.2f}'
+  return f'{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}'
+
+
+def summarise(results: Mapping[tuple[float, int], dict],
+              percentiles: Sequence[float], seeds: Sequence[int]) -> dict:
+  """Test SI-SDRi per percentile over seeds, and paired differences.
+
+  Args:
+    results: ``train_and_evaluate``'s results of each (percentile, seed).
+    percentiles: the compared percentiles; the last is the reference.
+    seeds: the seeds every percentile was trained with.
+
+  Returns:
+    ``{'runs': ..., 'test_si_sdri': ..., 'differences': ...}``: each run's
+    ``_RUN_FIELDS`` by percentile label and seed, each percentile's test
+    SI-SDRi per seed, and each other percentile's test SI-SDRi minus the
+    reference's, per seed (same seed: same initialisation and data order).
+  """
+  reference = percentiles[-1]
+  scores = {_label(p): {seed: results[p, seed]['test_si_sdri']
+                        for seed in seeds} for p in percentiles}
+  return {
+      'runs': {_label(p): {seed: {key: results[p, seed][key]
+                                  for key in _RUN_FIELDS} for seed in seeds}
+               for p in percentiles},
+      'test_si_sdri': scores,
+      'differences': {
+          f'{_label(p)} - {_label(reference)}': {
+              seed: scores[_label(p)][seed] - scores[_label(reference)][seed]
+              for seed in seeds}
+          for p in percentiles[:-1]},
+  }
+
+
+def render(summary: dict, seeds: Sequence[int]) -> str:
+  """The per-run table, the per-percentile table and the paired differences."""
+  lines = ['| run | seed | test SI-SDRi (dB) | test SI-SDR (dB) | best valid '
+           'SI-SDRi (dB) | steps | train time (s) |',
+           '|---|---|---|---|---|---|---|']
+  for label, by_seed in summary['runs'].items():
+    for seed, row in by_seed.items():
+      lines.append(
+          f'| {label} | {seed} | {row["test_si_sdri"]:.2f} | '
+          f'{row["test_si_sdr"]:.2f} | {row["best_valid_si_sdri"]:.2f} | '
+          f'{row["steps"]} | {row["train_seconds"]:.0f} |')
+  seed_list = ', '.join(map(str, seeds))
+  lines += ['', f'Test SI-SDRi (dB) over seeds {seed_list}'
+            + (' (mean ± standard deviation)' if len(seeds) > 1 else '') + ':',
+            '', '| run | test SI-SDRi (dB) |', '|---|---|']
+  for label, by_seed in summary['test_si_sdri'].items():
+    lines.append(f'| {label} | {_mean_std(list(by_seed.values()))} |')
+  if summary['differences']:
+    names = list(summary['differences'])
+    lines += ['', 'Paired differences of test SI-SDRi (dB), seed by seed:', '',
+              '| seed | ' + ' | '.join(names) + ' |',
+              '|---|' + '---|' * len(names)]
+    for seed in seeds:
+      lines.append(f'| {seed} | ' + ' | '.join(
+          f'{summary["differences"][name][seed]:+.2f}' for name in names)
+                   + ' |')
+    if len(seeds) > 1:
+      lines.append('| mean ± std | ' + ' | '.join(
+          _mean_std(list(summary['differences'][name].values()))
+          for name in names) + ' |')
+  return '\n'.join(lines) + '\n'
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
   percentiles = cli.parse_percentiles(FLAGS.percentiles)
+  try:
+    seeds = [int(seed) for seed in FLAGS.seeds]
+  except ValueError as error:
+    raise app.UsageError(f'--seeds must be integers: {error}') from None
   workdir = pathlib.Path(FLAGS.workdir)
-  runs = {}
   results = {}
-  for percentile in percentiles:
-    config = cli.run_config(FLAGS.config, workdir, percentile)
-    label = f'p={percentile:g}'
-    runs[label] = workdir / f'p{percentile:g}'
-    results[label] = train.train_and_evaluate(config, runs[label])
+  for seed in seeds:
+    for percentile in percentiles:
+      config = cli.run_config(FLAGS.config, workdir, percentile, seed)
+      run_dir = workdir / f'seed{seed}' / f'p{percentile:g}'
+      results[percentile, seed] = (
+          train.finished_results(run_dir, config)
+          or train.train_and_evaluate(config, run_dir))
 
-  plots.plot_runs(runs, workdir / 'training_curves.png',
-                  loss_registry.get(FLAGS.config.loss).title)
-  summary = {label: {key: result[key] for key in (
-      'test_si_sdri', 'test_si_sdr', 'best_valid_si_sdri', 'steps',
-      'train_seconds')} for label, result in results.items()}
+  plots.plot_runs(
+      {_label(p): workdir / f'seed{seeds[0]}' / f'p{p:g}' for p in percentiles},
+      workdir / 'training_curves.png',
+      loss_registry.get(FLAGS.config.loss).title)
+  summary = summarise(results, percentiles, seeds)
   (workdir / 'comparison.json').write_text(json.dumps(summary, indent=2))
   print()
-  print('| run | test SI-SDRi (dB) | test SI-SDR (dB) | best valid SI-SDRi '
-        '(dB) | steps | train time (s) |')
-  print('|---|---|---|---|---|---|')
-  for label, row in summary.items():
-    print(f'| {label} | {row["test_si_sdri"]:.2f} | {row["test_si_sdr"]:.2f} '
-          f'| {row["best_valid_si_sdri"]:.2f} | {row["steps"]} | '
-          f'{row["train_seconds"]:.0f} |')
-  print(f'\nplots: {workdir / "training_curves.png"}')
+  print(render(summary, seeds))
+  if len(seeds) == 1 and len(percentiles) > 1:
+    print('One seed cannot decide the comparison: another seed (another '
+          'initialisation and data order) moves every run by more than the '
+          'percentiles differ. To compare over three seeds, run\n'
+          f'  python -m examples.flax_separation.main --workdir={workdir} '
+          '--seeds=0,1,2\n'
+          'which reuses the runs finished here.\n')
+  print(f'plots: {workdir / "training_curves.png"}')
 
 
 if __name__ == '__main__':
   cli.define_common_flags((10.0, 100.0),
-                          'AutoClip percentiles to train with, one run each')
+                          'AutoClip percentiles to train with, one run each; '
+                          'the last is the reference of the differences')
+  flags.DEFINE_list('seeds', ['0'], 'Seeds (config.seed) to train each '
+                    'percentile with: initialisation and data order.')
   app.run(main)

@@ -14,7 +14,6 @@ printed, with '–' for cells not run yet.
 """
 
 from collections.abc import Mapping, Sequence
-import json
 import pathlib
 
 from absl import app
@@ -60,23 +59,6 @@ def cell_config(config: ml_collections.ConfigDict, workdir: pathlib.Path,
 def cell_dir(workdir: pathlib.Path, loss: str, percentile: float
              ) -> pathlib.Path:
   return pathlib.Path(workdir) / loss / f'p{percentile:g}'
-
-
-def finished_results(directory: pathlib.Path,
-                     config: ml_collections.ConfigDict) -> dict | None:
-  """Returns the cell's ``results.json`` if it was written with ``config``."""
-  path = pathlib.Path(directory) / 'results.json'
-  if not path.exists():
-    return None
-  try:
-    results = json.loads(path.read_text())
-  except json.JSONDecodeError:  # Cut short while being written.
-    return None
-  # Compared through JSON, as written (tuples become lists); where the data
-  # lies does not change the results, so a moved work directory still counts.
-  recorded = dict(results.get('config', {}), data_dir=None)
-  expected = dict(json.loads(json.dumps(config.to_dict())), data_dir=None)
-  return results if recorded == expected else None
 
 
 def _settings(config: ml_collections.ConfigDict) -> str:
@@ -164,7 +146,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   configs = {cell: cell_config(config, workdir, *cell) for cell in cells}
   results = {}
   for cell in cells:
-    finished = finished_results(cell_dir(workdir, *cell), configs[cell])
+    finished = train.finished_results(cell_dir(workdir, *cell),
+                                      configs[cell])
     if finished is not None:
       results[cell] = finished
   to_train = [cell for cell in cells if cell not in results]

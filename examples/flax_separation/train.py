@@ -297,6 +297,26 @@ def _keep_log_lines_up_to(path, last_step):
   path.write_text(''.join(line + '\n' for line in lines))
 
 
+def finished_results(directory: pathlib.Path,
+                     config: ml_collections.ConfigDict) -> dict | None:
+  """Returns a run's ``results.json`` if it was written with ``config``.
+
+  A finished run need not be trained or evaluated again. Where its data lies
+  does not change its results, so a moved work directory still counts.
+  """
+  path = pathlib.Path(directory) / 'results.json'
+  if not path.exists():
+    return None
+  try:
+    results = json.loads(path.read_text())
+  except json.JSONDecodeError:  # Cut short while being written.
+    return None
+  # Compared through JSON, as written (tuples become lists).
+  recorded = dict(results.get('config', {}), data_dir=None)
+  expected = dict(json.loads(json.dumps(config.to_dict())), data_dir=None)
+  return results if recorded == expected else None
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict:
   """Trains, keeps the best model on validation, and evaluates it on test.

@@ -209,9 +209,10 @@ class BLSTMNet(nnx.Module):
   The mask head is a linear layer and a sigmoid that estimate one mask per
   source: the mask-inference network of the AutoClip experiments, trained
   with `L_MI` or, through the inverse STFT, `L_SNR`. The embedding head is a
-  linear layer to `embedding_dim` values per time-frequency bin, a tanh, and
-  a normalisation of each bin's vector to unit length, as in deep clustering
-  (Hershey et al.) and Chimera++: the network of `L_DC` and `L_WKM`,
+  linear layer to `embedding_dim` values per time-frequency bin, a sigmoid,
+  and a normalisation of each bin's vector to unit length ("unit-norm with
+  sigmoid activation", the AutoClip paper's section 4.2; deep clustering
+  (Hershey et al.) used a tanh): the network of `L_DC` and `L_WKM`,
   separated by k-means on the embeddings. With both heads on one BLSTM stack
   it is the Chimera++ network. The paper uses 4 layers of 600 units per
   direction; the smaller default keeps CPU training practical.
@@ -278,7 +279,7 @@ class BLSTMNet(nnx.Module):
       masks = _sigmoid_masks(self.mask_layer, features, self.num_sources,
                              self.num_freqs)
     if self.embedding_layer is not None:
-      embeddings = jnp.tanh(self.embedding_layer(features))
+      embeddings = jax.nn.sigmoid(self.embedding_layer(features))
       frames, batch_size = features.shape[:2]
       embeddings = embeddings.reshape(
           frames, batch_size, self.num_freqs, self.embedding_dim)

@@ -1,15 +1,14 @@
 """AutoClip: clip by global norm to a percentile of the norms seen so far."""
 
 import functools
-import numbers
 from typing import NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
+from autoclip_optax import _arguments
 from autoclip_optax import _groups
 from autoclip_optax import _history
 from autoclip_optax import _percentile
@@ -23,9 +22,9 @@ class AutoClipState(NamedTuple):
   """State of :func:`autoclip`.
 
   Shapes are those of the default global mode. With ``group_by``, every field
-  gains a leading axis of ``num_groups``, one row per group: ``count``,
-  ``grad_norm``, ``threshold`` and ``oldest`` are ``[num_groups]``,
-  ``history`` and ``sorted_history`` ``[num_groups, max_history]``.
+  gains a leading axis of ``num_groups``, one row per group: the scalars
+  become ``[num_groups]``, ``history`` and ``sorted_history``
+  ``[num_groups, max_history]``.
 
   Attributes:
     count: int32, finite gradient norms recorded since ``init`` (saturates at
@@ -34,7 +33,8 @@ class AutoClipState(NamedTuple):
       before clipping (NaN or inf when those updates were not finite); per
       group, the norm of that group's leaves.
     threshold: float32, the clipping threshold used at the last step; ``+inf``
-      while no finite norm has been recorded (no clipping).
+      (no clipping) while fewer than ``max(min_history, 1)`` finite norms
+      are recorded.
     history: float32 ``[max_history]`` ring buffer of recorded norms, oldest
       overwritten first; slots not yet written hold ``+inf``.
     sorted_history: float32 ``[max_history]``, the values of ``history``
@@ -44,6 +44,11 @@ class AutoClipState(NamedTuple):
       ``history`` before writing it: XLA then updates it in place.
     next_slot: int32 in ``[0, max_history)``, the slot of ``history`` that
       the next recorded norm is written to.
+    num_clipped: int32, steps whose updates were scaled down (a finite norm
+      above the threshold) since ``init``; ``num_clipped / count`` is the
+      clip rate. Saturates at the int32 maximum.
+    num_nonfinite: int32, steps whose norm was NaN or inf (not recorded)
+      since ``init``. Saturates at the int32 maximum.
   """
 
   count: chex.Array
@@ -53,50 +58,8 @@ class AutoClipState(NamedTuple):
   sorted_history: chex.Array
   oldest: chex.Array
   next_slot: chex.Array
-
-
-def _is_concrete_number(value) -> bool:
-  """A real scalar known now: a Python or NumPy number, or a 0-d array."""
-  return isinstance(value, numbers.Real) or (
-      isinstance(value, (jax.Array, np.ndarray)) and value.ndim == 0
-      and not isinstance(value, jax.core.Tracer)
-      and np.issubdtype(value.dtype, np.number)
-      and not np.issubdtype(value.dtype, np.complexfloating))
-
-
-def _validate(percentile, max_history) -> None:
-  if _is_concrete_number(percentile) and not isinstance(percentile, bool):
-    value = float(percentile)
-    if not 0.0 <= value <= 100.0:  # Also rejects NaN.
-      raise ValueError(f'percentile must be in [0, 100], got {value}')
-  elif not isinstance(percentile, jax.core.Tracer):
-    raise TypeError(
-        'percentile must be a real number in [0, 100], got '
-        f'{percentile!r} of type {type(percentile).__name__}')
-  if (isinstance(max_history, bool)
-      or not isinstance(max_history, numbers.Integral)):
-    raise TypeError(
-        f'max_history must be a positive int, got {max_history!r} of type '
-        f'{type(max_history).__name__}')
-  if not 1 <= max_history <= _percentile.MAX_WINDOW:
-    raise ValueError(
-        f'max_history must be in [1, {_percentile.MAX_WINDOW}], got '
-        f'{max_history}')
-
-
-def _squared_norm(leaf) -> jax.Array:
-  """Sum of squares, accumulated in float32 (or wider) whatever the dtype."""
-  wide = leaf.astype(jnp.promote_types(leaf.dtype, jnp.float32))
-  return jnp.sum(jnp.real(wide * jnp.conj(wide)))
-
-
-def _group_norms(leaves, group_of_leaf, num_groups) -> jax.Array:
-  """float32 ``[num_groups]``: the L2 norm of each group's leaves."""
-  squares = [[] for _ in range(num_groups)]
-  for leaf, group in zip(leaves, group_of_leaf):
-    squares[group].append(_squared_norm(leaf))
-  return jnp.asarray([jnp.sqrt(sum(group_squares, jnp.float32(0)))
-                      for group_squares in squares], jnp.float32)
+  num_clipped: chex.Array
+  num_nonfinite: chex.Array
 
 
 def _empty_state(max_history, num_groups) -> AutoClipState:
@@ -104,32 +67,46 @@ def _empty_state(max_history, num_groups) -> AutoClipState:
   groups = () if num_groups is None else (num_groups,)
   return AutoClipState(grad_norm=jnp.zeros(groups, jnp.float32),
                        threshold=jnp.full(groups, jnp.inf, jnp.float32),
+                       num_clipped=jnp.zeros(groups, jnp.int32),
+                       num_nonfinite=jnp.zeros(groups, jnp.int32),
                        **_history.empty(max_history, groups)._asdict())
 
 
-def _record_and_threshold(state, grad_norm, percentile):
+def _record_and_threshold(state, grad_norm, percentile, min_history):
   """One group's step: records a finite norm, returns scale and new state.
 
   Args:
     state: the group's :class:`AutoClipState`, global-mode shapes.
     grad_norm: float32 scalar, the group's norm at this step.
-    percentile: float32 scalar in [0, 100].
+    percentile: a number or float32 scalar, clipped to [0, 100].
+    min_history: how many finite norms must be recorded before clipping.
 
   Returns:
     The factor to multiply the group's updates by, and the new state.
   """
+  finite = jnp.isfinite(grad_norm)
   history = _history.record(_history.of(state), grad_norm)
-  threshold = _history.percentile(history, percentile)
+  threshold = jnp.where(history.count >= min_history,
+                        _history.percentile(history, percentile), jnp.inf)
+  above = grad_norm > threshold
   # Division-free when not clipping; threshold 0 gives 0, not 0/0.
-  scale = jnp.where(grad_norm > threshold, threshold / grad_norm, 1.0)
-  return scale, state._replace(grad_norm=grad_norm, threshold=threshold,
-                               **history._asdict())
+  scale = jnp.where(above, threshold / grad_norm, 1.0)
+  return scale, state._replace(
+      grad_norm=grad_norm,
+      threshold=threshold,
+      num_clipped=jnp.where(above & finite,
+                            optax.safe_increment(state.num_clipped),
+                            state.num_clipped),
+      num_nonfinite=jnp.where(finite, state.num_nonfinite,
+                              optax.safe_increment(state.num_nonfinite)),
+      **history._asdict())
 
 
 def autoclip(
     percentile: float | jax.Array = 10.0,
     max_history: int = DEFAULT_MAX_HISTORY,
     group_by: _groups.GroupBy = None,
+    min_history: int | jax.Array = 0,
 ) -> optax.GradientTransformation:
   """Clips updates by norm to a percentile of their past norms.
 
@@ -146,8 +123,9 @@ def autoclip(
   Non-finite norms are never recorded, so one bad batch cannot poison the
   threshold; pair with :func:`optax.apply_if_finite` to skip such steps. With
   groups, only the groups whose norm is non-finite skip recording; the others
-  record theirs as usual. Until a finite norm is recorded nothing is clipped.
-  A threshold of 0 yields zero updates, never NaN.
+  record theirs as usual. Nothing is clipped until ``min_history`` finite
+  norms (and at least one) are recorded; they are recorded as usual
+  meanwhile. A threshold of 0 yields zero updates, never NaN.
 
   Args:
     percentile: which percentile of the recorded norms to clip to, in
@@ -169,6 +147,10 @@ def autoclip(
       updates in ``update`` (which may get no params), so it must depend on
       the tree's structure only. Under :func:`optax.inject_hyperparams`,
       name it in ``static_args``.
+    min_history: a warm-up: how many finite norms, the current one
+      included, must be recorded before anything is clipped, in
+      ``[0, max_history]``. With few norms the percentile rests on the
+      first, often small ones; 0 (the paper) clips from the first step.
 
   Returns:
     A :class:`optax.GradientTransformation` whose state is an
@@ -178,11 +160,13 @@ def autoclip(
 
   Raises:
     ValueError: ``percentile`` outside [0, 100] or NaN; ``max_history``
-      outside [1, 2**24]; ``group_by`` a string other than ``'leaf'``. At
+      outside [1, 2**24]; ``min_history`` outside [0, max_history];
+      ``group_by`` a string other than ``'leaf'``. At
       ``init`` or ``update``: labels that do not match the tree's structure,
       or updates with a different number of groups than the state.
-    TypeError: ``percentile`` not a real number, or ``max_history`` not an
-      int (bools and floats are rejected); labels that cannot be sorted.
+    TypeError: ``percentile`` not a real number, or ``max_history`` or
+      ``min_history`` not an int (bools and floats are rejected); labels
+      that cannot be sorted.
 
   References:
     Seetharaman et al., `AutoClip: Adaptive Gradient Clipping for Source
@@ -212,7 +196,10 @@ def autoclip(
     >>> print(state.threshold, updates['b'], updates['w'])
     [1.9 5. ] [1.9] [5. 0.]
   """
-  _validate(percentile, max_history)
+  _arguments.check_percentile('percentile', percentile)
+  _arguments.check_int('max_history', max_history, 1, _percentile.MAX_WINDOW)
+  _arguments.check_int('min_history', min_history, 0, max_history,
+                       traceable=True)
   _groups.validate(group_by)
 
   def init_fn(params):
@@ -229,12 +216,9 @@ def autoclip(
           f'state was initialised with {state.count.shape[0]}: the params '
           'given to init and the updates must have the same structure')
     leaves, treedef = jax.tree.flatten(updates)
-    clipped_percentile = jnp.clip(
-        jnp.nan_to_num(jnp.asarray(percentile, jnp.float32), nan=100.0),
-        0.0, 100.0)
-    step = functools.partial(_record_and_threshold,
-                             percentile=clipped_percentile)
-    grad_norms = _group_norms(leaves, group_of_leaf, num_groups)
+    step = functools.partial(_record_and_threshold, percentile=percentile,
+                             min_history=min_history)
+    grad_norms = _groups.group_norms(leaves, group_of_leaf, num_groups)
     if group_by is None:
       scale, state = step(state, grad_norms[0])
     else:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 LEAF = 'leaf'
 
@@ -91,3 +92,29 @@ def assign(group_by: GroupBy, tree) -> tuple[tuple[int, ...], int]:
   leaf_labels = _leaf_labels(labels, tree)
   order = _label_order(leaf_labels)
   return tuple(order[label] for label in leaf_labels), len(order)
+
+
+def _squared_norm(leaf) -> jax.Array:
+  """Sum of squares, accumulated in float32 (or wider) whatever the dtype."""
+  wide = leaf.astype(jnp.promote_types(leaf.dtype, jnp.float32))
+  return jnp.sum(jnp.real(wide * jnp.conj(wide)))
+
+
+def group_norms(leaves: Sequence[jax.Array], group_of_leaf: Sequence[int],
+                num_groups: int) -> jax.Array:
+  """The L2 norm of each group's leaves.
+
+  Args:
+    leaves: the updates' leaves, of any float or complex dtype.
+    group_of_leaf: the group of each leaf, as :func:`assign` gives it.
+    num_groups: how many groups there are.
+
+  Returns:
+    float32 ``[num_groups]``, each accumulated in float32 (or wider)
+    whatever the leaves' dtype: half-precision sums of squares overflow.
+  """
+  squares: list[list[jax.Array]] = [[] for _ in range(num_groups)]
+  for leaf, group in zip(leaves, group_of_leaf):
+    squares[group].append(_squared_norm(leaf))
+  return jnp.asarray([jnp.sqrt(sum(group_squares, jnp.float32(0)))
+                      for group_squares in squares], jnp.float32)

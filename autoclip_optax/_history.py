@@ -9,12 +9,19 @@ index. This module is that one piece of code; the states hold its fields flat
 
 Only finite norms are recorded. Recording a NaN or an infinity changes
 nothing, which is also how a caller declines to record a norm.
+
+:func:`with_history` and :func:`recorded_norms` are the public side: they
+seed a state's window from logged norms, or read it out oldest first, on the
+host, outside ``jit``.
 """
 
 from typing import NamedTuple
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from autoclip_optax import _percentile
@@ -82,14 +89,156 @@ def record(history: NormHistory, norm: jax.Array) -> NormHistory:
   )
 
 
-def percentile(history: NormHistory, percentile_value: jax.Array) -> jax.Array:
+def percentile(history: NormHistory, percentile_value) -> jax.Array:
   """The ``percentile_value``-th percentile of the recorded norms.
+
+  Args:
+    history: one history (no batch axis).
+    percentile_value: a number or float32 scalar; a traced one may be out of
+      range, so it is clipped to [0, 100], NaN counting as 100.
 
   Returns:
     float32, as ``np.percentile`` over the recorded norms; ``+inf`` when none
     is recorded.
   """
+  clipped = jnp.clip(
+      jnp.nan_to_num(jnp.asarray(percentile_value, jnp.float32), nan=100.0),
+      0.0, 100.0)
   num_filled = jnp.minimum(history.count, history.history.shape[-1])
   return _percentile.sorted_percentile(history.sorted_history, num_filled,
-                                       percentile_value)
+                                       clipped)
 
+
+
+def _from_norms(norms: np.ndarray, max_history: int) -> NormHistory:
+  """The history left by recording ``norms`` one by one into an empty one."""
+  finite = norms[np.isfinite(norms)].astype(np.float32)
+  kept = finite[len(finite) - min(len(finite), max_history):]
+  ring = np.full(max_history, np.inf, np.float32)
+  ring[:len(kept)] = kept
+  next_slot = len(finite) % max_history
+  if len(finite) >= max_history:
+    # The oldest kept norm sits where the next one will be written.
+    ring = np.roll(ring, next_slot)
+  return NormHistory(
+      count=np.int32(min(len(finite), np.iinfo(np.int32).max)),
+      history=ring,
+      sorted_history=np.sort(ring),
+      oldest=ring[next_slot],
+      next_slot=np.int32(next_slot),
+  )
+
+
+def _has_history(node) -> bool:
+  """Whether ``node`` is a state NamedTuple with the history fields."""
+  fields = getattr(node, '_fields', ())
+  return isinstance(node, tuple) and all(
+      field in fields for field in NormHistory._fields)
+
+
+def _histories(state) -> list:
+  """The outermost states in ``state`` that have the history fields."""
+  return [node for node in jax.tree.leaves(state, is_leaf=_has_history)
+          if _has_history(node)]
+
+
+def _seeded(history: NormHistory, norms) -> NormHistory:
+  """``history``'s window holding ``norms``; a row of norms per group."""
+  max_history = history.history.shape[-1]
+  if history.history.ndim == 1:
+    rows = [np.asarray(norms, np.float64)]
+    if rows[0].ndim != 1:
+      raise ValueError(
+          'norms must be 1-D (oldest first) for a state without groups, got '
+          f'shape {rows[0].shape}')
+  else:
+    rows = [np.asarray(row, np.float64) for row in norms]
+    if len(rows) != history.history.shape[0] or any(
+        row.ndim != 1 for row in rows):
+      raise ValueError(
+          f'norms must hold one 1-D sequence per group '
+          f'({history.history.shape[0]} groups), got '
+          f'{[row.shape for row in rows]}')
+  seeded = [_from_norms(row, max_history) for row in rows]
+  stacked = jax.tree.map(lambda *rows: np.stack(rows), *seeded)
+  if history.history.ndim == 1:
+    stacked = jax.tree.map(lambda rows: rows[0], stacked)
+  return jax.tree.map(jnp.asarray, stacked)
+
+
+def with_history(state, norms):
+  """Returns ``state`` with its window holding the last finite ``norms``.
+
+  The window (``history``, ``sorted_history``, ``oldest``, ``next_slot``
+  and ``count``) becomes exactly what recording ``norms`` one by one into a
+  fresh state gives, so the next step is the same, bit for bit. Other
+  fields (the last threshold, the counters, a wrapped inner state) are kept.
+  Runs on the host: call it outside ``jit``.
+
+  Args:
+    state: an :class:`AutoClipState` or :class:`SkipSpikesState`, or any
+      optimizer state holding them (a chain's tuple, say): each of them gets
+      the same norms.
+    norms: the norms, oldest first; non-finite ones are skipped, as a step
+      skips them, and only the last ``max_history`` finite ones are kept.
+      With ``group_by``, one such sequence per group, in group order.
+
+  Returns:
+    A state of the same structure, shapes and dtypes.
+
+  Raises:
+    ValueError: ``state`` holds no window, or ``norms`` has the wrong shape.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from autoclip_optax import autoclip, with_history
+    >>> tx = autoclip(50.0, max_history=3)
+    >>> state = with_history(tx.init({'w': jnp.zeros(1)}), [4.0, 1.0, 2.0, 3.0])
+    >>> print(state.count, state.sorted_history)
+    4 [1. 2. 3.]
+  """
+  if not _histories(state):
+    raise ValueError(
+        'state holds no AutoClipState or SkipSpikesState to seed, got '
+        f'{type(state).__name__}')
+
+  def seed(node):
+    if not _has_history(node):
+      return node
+    others = {field: jax.tree.map(seed, value, is_leaf=_has_history)
+              for field, value in node._asdict().items()
+              if field not in NormHistory._fields}
+    return node._replace(**others, **_seeded(of(node), norms)._asdict())
+
+  return jax.tree.map(seed, state, is_leaf=_has_history)
+
+
+def recorded_norms(state) -> np.ndarray | list[np.ndarray]:
+  """The finite norms in a state's window, oldest first.
+
+  Feed them to :func:`with_history` to move a window into a state with
+  another ``max_history`` (a larger one keeps them all, a smaller one the
+  latest).
+
+  Args:
+    state: an :class:`AutoClipState` or :class:`SkipSpikesState`, or an
+      optimizer state holding exactly one of them outside another.
+
+  Returns:
+    float32, 1-D; with ``group_by``, a list of them, one per group.
+
+  Raises:
+    ValueError: ``state`` holds no window, or more than one.
+  """
+  found = _histories(state)
+  if len(found) != 1:
+    raise ValueError(
+        'state must hold exactly one AutoClipState or SkipSpikesState (pass '
+        f'the one you want), found {len(found)}')
+  history = of(found[0])
+  rows = [np.roll(np.asarray(ring), -int(slot))
+          for ring, slot in zip(np.atleast_2d(history.history),
+                                np.atleast_1d(history.next_slot))]
+  # Unwritten slots hold +inf; recorded norms are finite.
+  rows = [row[np.isfinite(row)] for row in rows]
+  return rows[0] if history.history.ndim == 1 else rows

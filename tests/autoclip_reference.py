@@ -15,24 +15,29 @@ def global_norm(updates) -> float:
                            for leaf in updates.values())))
 
 
-def autoclip_reference(update_sequence, percentiles, max_history):
+def autoclip_reference(update_sequence, percentiles, max_history,
+                       min_history=0):
   """Runs AutoClip (paper Algorithm 1) over a sequence of updates.
 
   Args:
     update_sequence: list of dicts of arrays, one dict per step.
     percentiles: one percentile per step.
     max_history: how many recent finite norms the window keeps.
+    min_history: no clipping until this many finite norms were recorded.
 
   Returns:
     Per step: (clipped updates, norm, threshold, window of recorded norms).
   """
   recorded = []
+  num_recorded = 0
   steps = []
   for updates, percentile in zip(update_sequence, percentiles):
     norm = global_norm(updates)
     if np.isfinite(norm):
       recorded = (recorded + [norm])[-max_history:]
-    threshold = np.percentile(recorded, percentile) if recorded else np.inf
+      num_recorded += 1
+    warmed_up = recorded and num_recorded >= min_history
+    threshold = np.percentile(recorded, percentile) if warmed_up else np.inf
     scale = threshold / norm if norm > threshold else 1.0
     with np.errstate(invalid='ignore'):  # inf * 0 on non-finite steps.
       clipped = {name: _wide(leaf) * scale for name, leaf in updates.items()}

@@ -15,6 +15,7 @@ import pytest
 
 from autoclip_optax import _window
 from autoclip_optax import autoclip
+from autoclip_optax import skip_spikes
 from tests.autoclip_reference import autoclip_reference
 from tests.autoclip_reference import grouped_autoclip_reference
 from tests.test_autoclip import run
@@ -26,12 +27,23 @@ def unlabelled_groups(params):
           for name in params}
 
 
+def no_wrapper(inner):
+  return inner
+
+
+def with_skip_spikes(inner):
+  return skip_spikes(inner, max_history=100_000)
+
+
 @pytest.mark.parametrize('platform', ['cuda', 'tpu'])
 @pytest.mark.parametrize('group_by', [None, 'leaf', unlabelled_groups])
 @pytest.mark.parametrize('max_history', [100_000, 1_000_000])
-def test_accelerator_lowering_has_no_loops(platform, group_by, max_history):
-  tx = optax.chain(autoclip(10, max_history, group_by=group_by),
-                   optax.adam(1e-3))
+@pytest.mark.parametrize('wrap', [no_wrapper, with_skip_spikes])
+def test_accelerator_lowering_has_no_loops(platform, group_by, max_history,
+                                           wrap):
+  tx = wrap(optax.chain(
+      autoclip(10, max_history, group_by=group_by, min_history=100),
+      optax.adam(1e-3)))
   params = {name: jnp.zeros((8, 8)) for name in 'abcd'}
 
   def train_step(grads, state, params):

@@ -1,0 +1,147 @@
+"""Tests for skip_spikes, against a NumPy reference of its rule."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from autoclip_optax import autoclip
+from autoclip_optax import skip_spikes
+from tests.test_autoclip_platforms import assert_bit_identical
+
+
+def skip_spikes_reference(norms, factor, percentile, max_history,
+                          min_history, max_consecutive_skips):
+  """Per step: (skipped, spike threshold), the rule written plainly."""
+  window, num_recorded, in_a_row, steps = [], 0, 0, []
+  for norm in norms:
+    if num_recorded >= min_history and window:
+      spike_threshold = factor * np.percentile(window, percentile)
+    else:
+      spike_threshold = np.inf
+    finite = np.isfinite(norm)
+    spike = finite and norm > spike_threshold
+    skipped = not finite or (spike and in_a_row < max_consecutive_skips)
+    if spike:
+      in_a_row += 1
+    elif finite:
+      in_a_row = 0
+    if not skipped:
+      window = (window + [norm])[-max_history:]
+      num_recorded += 1
+    steps.append((skipped, spike_threshold))
+  return steps
+
+
+def spiky_norms(num_steps, seed):
+  """Lognormal norms with spikes, bursts of spikes, zeros, NaN and inf."""
+  rng = np.random.default_rng(seed)
+  norms = rng.lognormal(0.0, 0.3, num_steps).astype(np.float32)
+  for step in rng.choice(num_steps, num_steps // 10, replace=False):
+    norms[step] *= 50
+  burst = rng.integers(num_steps - 10)
+  norms[burst:burst + 6] *= 1000
+  norms[rng.choice(num_steps, 6, replace=False)] = [
+      0.0, 0.0, np.nan, np.inf, np.nan, np.inf]
+  return norms
+
+
+def run_norms(tx, norms):
+  """Feeds updates whose global norm is each of ``norms``."""
+  update = jax.jit(tx.update)
+  params = {'w': jnp.zeros(2)}
+  state = tx.init(params)
+  outputs, states = [], []
+  for norm in norms:
+    updates, state = update({'w': jnp.array([norm, 0.0])}, state, params)
+    outputs.append(updates)
+    states.append(state)
+  return outputs, states
+
+
+@pytest.mark.parametrize('factor, percentile, max_history, min_history, '
+                         'max_consecutive_skips', [
+                             (6.0, 50.0, 1000, 20, 10),
+                             (3.0, 90.0, 16, 5, 3),
+                             (2.0, 10.0, 7, 0, 1),
+                         ])
+def test_matches_numpy_reference(factor, percentile, max_history, min_history,
+                                 max_consecutive_skips):
+  norms = spiky_norms(300, seed=max_history)
+  tx = skip_spikes(optax.sgd(1.0), factor, percentile, max_history,
+                   min_history, max_consecutive_skips)
+  outputs, states = run_norms(tx, norms)
+  reference = skip_spikes_reference(norms.astype(np.float64), factor,
+                                    percentile, max_history, min_history,
+                                    max_consecutive_skips)
+  skipped = np.array([step[0] for step in reference])
+  assert 0 < skipped.sum() < 100
+  np.testing.assert_allclose([s.spike_threshold for s in states],
+                             [step[1] for step in reference], rtol=1e-6)
+  np.testing.assert_array_equal([s.num_skipped for s in states],
+                                np.cumsum(skipped))
+  for output, norm, was_skipped in zip(outputs, norms, skipped):
+    expected = 0.0 if was_skipped else -norm
+    np.testing.assert_array_equal(output['w'], [expected, 0.0])
+
+
+def test_skipped_step_leaves_the_inner_state_untouched():
+  tx = skip_spikes(optax.adam(1e-2), factor=4.0, min_history=3)
+  _, states = run_norms(tx, [1.0, 1.2, 0.9, 1.1, 500.0, 1.0])
+  assert states[4].num_skipped == 1
+  assert_bit_identical(states[3].inner_state, states[4].inner_state)
+  assert int(optax.tree_utils.tree_get(states[5].inner_state, 'count')) == 5
+
+
+@pytest.mark.parametrize('bad_value', [np.nan, np.inf, -np.inf])
+def test_non_finite_updates_are_skipped_even_before_min_history(bad_value):
+  tx = skip_spikes(optax.adam(1e-2), min_history=100)
+  outputs, states = run_norms(tx, [1.0, bad_value, 2.0])
+  np.testing.assert_array_equal(outputs[1]['w'], [0.0, 0.0])
+  assert_bit_identical(states[0].inner_state, states[1].inner_state)
+  assert states[2].count == 2 and states[2].num_skipped == 1
+
+
+def test_zero_gradients_go_through_and_are_recorded():
+  tx = skip_spikes(optax.sgd(1.0), factor=2.0, min_history=2)
+  _, states = run_norms(tx, [0.0, 0.0, 0.0, 1.0])
+  assert states[2].num_skipped == 0 and states[2].count == 3
+  # Against a window of zeros, any non-zero norm is a spike.
+  assert states[3].spike_threshold == 0.0 and states[3].num_skipped == 1
+
+
+def test_a_lasting_change_of_scale_goes_through_after_the_give_up():
+  tx = skip_spikes(optax.sgd(1.0), factor=3.0, max_history=10,
+                   min_history=5, max_consecutive_skips=3)
+  outputs, states = run_norms(tx, [1.0] * 10 + [100.0] * 20)
+  skipped = [float(output['w'][0]) == 0.0 for output in outputs]
+  assert skipped == [False] * 10 + [True] * 3 + [False] * 17
+  assert states[-1].consecutive_spikes < 3  # The window caught up.
+
+
+def test_composes_around_autoclip_and_adam():
+  tx = skip_spikes(optax.chain(autoclip(10, 64), optax.adam(1e-3)),
+                   factor=5.0, min_history=10)
+  norms = spiky_norms(120, seed=0)
+  _, states = run_norms(tx, norms)
+  autoclip_count = optax.tree_utils.tree_get(
+      states[-1], 'count',
+      filtering=lambda path, _: path[-1].tuple_name == 'AutoClipState')
+  assert autoclip_count == states[-1].count
+  assert states[-1].num_skipped > len(norms) // 20
+  reference = skip_spikes_reference(norms.astype(np.float64), 5.0, 50.0,
+                                    1000, 10, 10)
+  assert states[-1].num_skipped == sum(step[0] for step in reference)
+
+
+@pytest.mark.parametrize('argument, value, error', [
+    ('factor', 0.0, ValueError), ('factor', np.nan, ValueError),
+    ('factor', '2', TypeError), ('percentile', 101.0, ValueError),
+    ('max_history', 0, ValueError), ('min_history', 2000, ValueError),
+    ('max_consecutive_skips', 0, ValueError),
+    ('max_consecutive_skips', 1.5, TypeError),
+])
+def test_bad_arguments_raise_naming_them(argument, value, error):
+  with pytest.raises(error, match=argument):
+    skip_spikes(optax.sgd(1.0), **{argument: value})

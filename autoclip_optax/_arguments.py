@@ -65,5 +65,5 @@ def check_int(name: str, value, low: int, high: int,
     raise TypeError(
         f'{name} must be an int, got {value!r} of type '
         f'{type(value).__name__}')
-  if not low <= value <= high:
+  if not low <= int(value) <= high:
     raise ValueError(f'{name} must be in [{low}, {high}], got {value}')

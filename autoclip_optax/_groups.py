@@ -39,7 +39,7 @@ def validate(group_by: GroupBy) -> None:
   _label_order(jax.tree.leaves(group_by))
 
 
-def _label_order(labels: Sequence[Hashable]) -> dict[Hashable, int]:
+def _label_order(labels: Sequence[Any]) -> dict[Any, int]:
   """Maps each distinct label to its group index, in sorted label order."""
   try:
     return {label: index for index, label in enumerate(sorted(set(labels)))}
@@ -51,17 +51,19 @@ def _label_order(labels: Sequence[Hashable]) -> dict[Hashable, int]:
 
 def _leaf_labels(labels, tree) -> list[Hashable]:
   """One label per leaf of ``tree``; ``labels`` may be a prefix of ``tree``."""
-  label_structure = jax.tree.structure(labels)
   try:
-    subtrees = label_structure.flatten_up_to(tree)
+    leaves_per_label = jax.tree.map(
+        lambda _, subtree: len(jax.tree.leaves(subtree)), labels, tree)
   except (ValueError, TypeError) as error:
     raise ValueError(
         'group_by must give a pytree of labels with the structure of the '
         f'params and updates or a prefix of it; the tree is '
-        f'{jax.tree.structure(tree)}, the labels {label_structure}') from error
+        f'{jax.tree.structure(tree)}, the labels '
+        f'{jax.tree.structure(labels)}') from error
   return [label
-          for label, subtree in zip(jax.tree.leaves(labels), subtrees)
-          for _ in jax.tree.leaves(subtree)]
+          for label, num_leaves in zip(jax.tree.leaves(labels),
+                                       jax.tree.leaves(leaves_per_label))
+          for _ in range(num_leaves)]
 
 
 def assign(group_by: GroupBy, tree) -> tuple[tuple[int, ...], int]:

@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 from collections.abc import Sequence
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,11 +32,11 @@ from autoclip_optax import _window
 class NormHistory(NamedTuple):
   """The fields of a state that hold its history; see ``AutoClipState``."""
 
-  count: jax.Array
-  history: jax.Array
-  sorted_history: jax.Array
-  oldest: jax.Array
-  next_slot: jax.Array
+  count: chex.Array
+  history: chex.Array
+  sorted_history: chex.Array
+  oldest: chex.Array
+  next_slot: chex.Array
 
 
 def of(state) -> NormHistory:

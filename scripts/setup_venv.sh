@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
 # Creates .venv at the repository root (once) and installs the project into it
 # with the test and example extras. Prints the venv's python on stdout.
+# With --floor, creates .venv-floor instead, with the lowest versions of the
+# library's dependencies that pyproject.toml declares, for its tests.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-venv="$root/.venv"
+if [ "${1:-}" = --floor ]; then
+  venv="$root/.venv-floor"
+  requirements=(jax==0.4.30 jaxlib==0.4.30 optax==0.2.4 chex==0.1.87
+                numpy==1.26.4 flax==0.10.0 pytest==8.0.0)
+  target="$root"
+else
+  venv="$root/.venv"
+  requirements=()
+  target="$root[test,examples]"
+fi
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv" >&2
 fi
 "$venv/bin/python" -m pip install --quiet --upgrade pip >&2
-"$venv/bin/python" -m pip install --quiet -e "$root[test,examples]" >&2
+"$venv/bin/python" -m pip install --quiet ${requirements[@]+"${requirements[@]}"} -e "$target" >&2
 echo "$venv/bin/python"

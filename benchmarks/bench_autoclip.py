@@ -1,21 +1,22 @@
 """Per-step cost of autoclip against a fixed clip, and against a naive sort.
 
-Run: python benchmarks/bench_autoclip.py
+Run: python benchmarks/bench_autoclip.py [--cases=1M/100k,1k/1M]
 
-Every variant is a jit-compiled optimizer step (update + apply_updates) with
-the parameters and optimizer state donated, fed a fixed gradient scaled by a
-lognormal factor that changes every step, so norms land all over the window.
-Autoclip's window starts full of such norms (the steady state of a long run).
-Variants are timed in interleaved rounds in one process; figures are medians
-over rounds.
+Runs on whichever backend JAX finds (CPU, GPU or TPU) and prints its device
+kind. Every variant is a jit-compiled optimizer step (update + Adam +
+apply_updates) with the parameters and optimizer state donated, fed a fixed
+gradient scaled by a lognormal factor that changes every step, so norms land
+all over the window. Windows start full of such norms (the steady state of a
+long run). The params are 10 float32 leaves. Variants are timed in
+interleaved rounds in one process; figures are medians over rounds.
 
-1. A 1M-parameter model, window of 100,000 norms: step time of
-   chain(autoclip, adam) over chain(clip_by_global_norm(1.0), adam).
-2. A 10-parameter model, window of 1,000,000 norms: the time autoclip adds to
-   a step, as a multiple of one elementwise pass over 1M float32.
-Both for autoclip, for autoclip with one window per leaf (the models have
-3 leaves: ``group_by='leaf'``, 3 groups), and for a naive autoclip that takes
-``jnp.nanpercentile`` of its ring buffer every step (a full sort).
+Per case (params, window size H), the variants are:
+``chain(clip_by_global_norm(1.0), adam)``, the baseline;
+``chain(autoclip(10, H), adam)``;
+the same with ``group_by='leaf'`` (10 groups, 10 windows of H);
+``skip_spikes`` (its default window of 1000) around autoclip and Adam;
+and a naive autoclip that takes ``jnp.nanpercentile`` of its ring buffer
+every step (a full sort).
 """
 
 import argparse
@@ -28,10 +29,18 @@ import numpy as np
 import optax
 
 from autoclip_optax import AutoClipState
+from autoclip_optax import SkipSpikesState
 from autoclip_optax import autoclip
+from autoclip_optax import skip_spikes
+from autoclip_optax import with_history
 
 NUM_SCALES = 1024
-PER_LEAF = "autoclip group_by='leaf' (3 groups)"
+NUM_LEAVES = 10
+BASELINE = 'clip_by_global_norm'
+PER_LEAF = "autoclip group_by='leaf' (10 groups)"
+SKIP = 'skip_spikes(autoclip), its window 1000'
+NAIVE = 'naive nanpercentile'
+DEFAULT_CASES = ('1M/100k', '10M/100k', '1k/1M', '10M/1M')
 
 
 class NaiveState(NamedTuple):
@@ -60,21 +69,18 @@ def naive_sorting_autoclip(percentile, max_history):
 
 
 def full_window(state, rng):
-  """Fills every AutoClipState in ``state`` with lognormal norms."""
+  """Fills every window in ``state`` with lognormal norms."""
 
-  def fill(leaf):
-    if not isinstance(leaf, AutoClipState):
-      return leaf
-    size = leaf.history.shape[-1]  # Per group when there is a group axis.
-    history = rng.lognormal(size=leaf.history.shape).astype(np.float32)
-    return leaf._replace(
-        count=jnp.full(leaf.count.shape, size, jnp.int32),
-        history=jnp.asarray(history),
-        sorted_history=jnp.asarray(np.sort(history, axis=-1)),
-        oldest=jnp.asarray(history[..., 0]))
+  def fill(node):
+    if not isinstance(node, (AutoClipState, SkipSpikesState)):
+      return node
+    return with_history(node, rng.lognormal(size=node.history.shape))
 
+  # skip_spikes's window first: with_history seeds the states inside it too.
+  state = jax.tree.map(fill, state,
+                       is_leaf=lambda node: isinstance(node, SkipSpikesState))
   return jax.tree.map(fill, state,
-                      is_leaf=lambda x: isinstance(x, AutoClipState))
+                      is_leaf=lambda node: isinstance(node, AutoClipState))
 
 
 def make_step(tx, params, grads, rng):
@@ -98,17 +104,6 @@ def make_step(tx, params, grads, rng):
   return run_once
 
 
-def make_elementwise_pass(size):
-  array = [jnp.ones(size, jnp.float32)]
-  scale = jax.jit(lambda x: x * 1.0001, donate_argnums=0)
-
-  def run_once():
-    array[0] = scale(array[0])
-    return array[0]
-
-  return run_once
-
-
 def interleaved_medians(runners, rounds, calls_per_round):
   """Median seconds per call of each runner, over interleaved rounds."""
   for run_once in runners.values():
@@ -126,75 +121,63 @@ def interleaved_medians(runners, rounds, calls_per_round):
 
 
 def model(num_params, seed=0):
-  """Params and a fixed gradient: a few matrices adding up to num_params."""
+  """Params and a fixed gradient: NUM_LEAVES leaves adding up to num_params."""
   rng = np.random.default_rng(seed)
-  shapes = {'dense_0': (num_params // 2,), 'dense_1': (num_params // 4,),
-            'dense_2': (num_params - num_params // 2 - num_params // 4,)}
-  params = {k: jnp.asarray(rng.normal(size=s), jnp.float32)
-            for k, s in shapes.items()}
-  grads = {k: jnp.asarray(rng.normal(size=s), jnp.float32)
-           for k, s in shapes.items()}
+  sizes = np.diff(np.linspace(0, num_params, NUM_LEAVES + 1).astype(int))
+  names = [f'leaf_{index}' for index in range(NUM_LEAVES)]
+  params = {name: jnp.asarray(rng.normal(size=size), jnp.float32)
+            for name, size in zip(names, sizes)}
+  grads = {name: jnp.asarray(rng.normal(size=size), jnp.float32)
+           for name, size in zip(names, sizes)}
   return params, grads
+
+
+def parse_count(text):
+  """'1k' -> 1000, '10M' -> 10_000_000."""
+  multiplier = {'k': 10**3, 'M': 10**6}.get(text[-1], 1)
+  return int(float(text.rstrip('kM')) * multiplier)
+
+
+def variants(max_history):
+  adam = optax.adam(1e-3)
+  return {
+      BASELINE: optax.chain(optax.clip_by_global_norm(1.0), adam),
+      'autoclip': optax.chain(autoclip(10, max_history), adam),
+      PER_LEAF: optax.chain(autoclip(10, max_history, group_by='leaf'),
+                            adam),
+      SKIP: skip_spikes(optax.chain(autoclip(10, max_history), adam)),
+      NAIVE: optax.chain(naive_sorting_autoclip(10, max_history), adam),
+  }
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--rounds', type=int, default=31)
-  parser.add_argument('--calls', type=int, default=20)
+  parser.add_argument('--cases', default=','.join(DEFAULT_CASES),
+                      help='comma-separated params/window pairs')
+  parser.add_argument('--rounds', type=int, default=15)
+  parser.add_argument('--calls', type=int, default=10)
   args = parser.parse_args()
 
   rng = np.random.default_rng(0)
-  params, grads = model(1_000_000)
-  adam = optax.adam(1e-3)
-  ratio_runs = {
-      'clip_by_global_norm': make_step(
-          optax.chain(optax.clip_by_global_norm(1.0), adam), params, grads,
-          rng),
-      'autoclip': make_step(
-          optax.chain(autoclip(10, max_history=100_000), adam), params,
-          grads, rng),
-      PER_LEAF: make_step(
-          optax.chain(autoclip(10, max_history=100_000, group_by='leaf'),
-                      adam), params, grads, rng),
-      'naive sort': make_step(
-          optax.chain(naive_sorting_autoclip(10, 100_000), adam), params,
-          grads, rng),
-  }
-  tiny_params, tiny_grads = model(10)
-  window = 1_000_000
-  added_runs = {
-      'clip_by_global_norm': make_step(
-          optax.chain(optax.clip_by_global_norm(1.0), adam), tiny_params,
-          tiny_grads, rng),
-      'autoclip': make_step(
-          optax.chain(autoclip(10, max_history=window), adam), tiny_params,
-          tiny_grads, rng),
-      PER_LEAF: make_step(
-          optax.chain(autoclip(10, max_history=window, group_by='leaf'),
-                      adam), tiny_params, tiny_grads, rng),
-      'naive sort': make_step(
-          optax.chain(naive_sorting_autoclip(10, window), adam), tiny_params,
-          tiny_grads, rng),
-      'elementwise pass': make_elementwise_pass(window),
-  }
-  big = interleaved_medians(ratio_runs, args.rounds, args.calls)
-  tiny = interleaved_medians(added_runs, args.rounds, args.calls)
-
+  device = jax.devices()[0]
   print(f'jax {jax.__version__}, optax {optax.__version__}, '
-        f'{jax.devices()[0].device_kind}, {args.rounds} rounds x '
+        f'{device.platform}: {device.device_kind}, {args.rounds} rounds x '
         f'{args.calls} calls, medians')
   print()
-  print('| variant | 1M params, H=100k: step (ms) | ratio to '
-        'clip_by_global_norm | 10 params, H=1M: added per step (ms) | '
-        'added / elementwise pass |')
+  print('| params, window | variant | step (ms) | ratio to '
+        'clip_by_global_norm | added per step (µs) |')
   print('|---|---|---|---|---|')
-  elementwise = tiny['elementwise pass']
-  for name in ('clip_by_global_norm', 'autoclip', PER_LEAF, 'naive sort'):
-    added = tiny[name] - tiny['clip_by_global_norm']
-    print(f'| {name} | {big[name] * 1e3:.3f} | '
-          f'{big[name] / big["clip_by_global_norm"]:.3f}x | '
-          f'{added * 1e3:.3f} | {added / elementwise:.2f}x |')
-  print(f'\none elementwise pass over 1M float32: {elementwise * 1e3:.3f} ms')
+  for case in args.cases.split(','):
+    num_params, max_history = map(parse_count, case.split('/'))
+    params, grads = model(num_params)
+    runners = {name: make_step(tx, params, grads, rng)
+               for name, tx in variants(max_history).items()}
+    medians = interleaved_medians(runners, args.rounds, args.calls)
+    baseline = medians[BASELINE]
+    for name, seconds in medians.items():
+      print(f'| {case} | {name} | {seconds * 1e3:.3f} | '
+            f'{seconds / baseline:.2f}x | {(seconds - baseline) * 1e6:.0f} |',
+            flush=True)
 
 
 if __name__ == '__main__':

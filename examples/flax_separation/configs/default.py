@@ -37,6 +37,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
   # Bookkeeping.
   config.checkpoint_every_steps = 100
+  # Metrics are fetched from the device (and the loop waits for a step) only
+  # every this many steps, and before each checkpoint.
+  config.log_every_steps = 50
   config.eval_batch_size = 8
   config.num_example_wavs = 3
   return config

@@ -98,6 +98,7 @@ def test_command_writes_the_logs_and_the_figure(tmp_path):
     assert [r['step'] for r in records] == [1, 3]
     for record in records:
       assert set(record) == {'step', 'loss', 'grad_norm', 'threshold',
-                             'step_size', 'smoothness'}
+                             'step_size', 'clipped', 'clip_rate',
+                             'smoothness'}
       assert np.isfinite(record['smoothness']) and record['smoothness'] > 0
   assert (workdir / 'figure1.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

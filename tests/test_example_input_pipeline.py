@@ -1,5 +1,6 @@
 """Tests for examples/flax_separation/input_pipeline.py."""
 
+import ml_collections
 import numpy as np
 import pytest
 import soundfile as sf
@@ -148,19 +149,22 @@ def test_load_split_rejects_multichannel_file(tmp_path):
 _UTTERANCE_OFFSET = 10_000
 
 
-def _numbered_utterances(lengths):
-  """Utterances whose samples say which utterance and position they are.
+def _numbered_split(directory, lengths):
+  """Writes mixtures whose samples say which mixture and position they are.
 
-  Sample `t` of utterance `i` is `i * _UTTERANCE_OFFSET + t + 1` in the
-  mixture, so no sample is zero, the padding value.
+  Sample `t` of mixture `i` is `i * _UTTERANCE_OFFSET + t + 1`, so no sample
+  is zero, the padding value; its sources are that and its negation. The
+  files are float WAVs, which hold these values exactly.
   """
-  utterances = []
   for index, length in enumerate(lengths):
     mixture = (index * _UTTERANCE_OFFSET + np.arange(length) + 1).astype(
         np.float32)
-    utterances.append(input_pipeline.Utterance(f'u{index}', mixture,
-                                     np.stack([mixture, -mixture])))
-  return utterances
+    for folder, samples in (('mix', mixture), ('s1', mixture),
+                            ('s2', -mixture)):
+      (directory / 'tr' / folder).mkdir(parents=True, exist_ok=True)
+      sf.write(directory / 'tr' / folder / f'u{index:02d}.wav', samples,
+               spectral.SAMPLE_RATE, subtype='FLOAT')
+  return input_pipeline.load_split(directory, 'train')
 
 
 def _excerpt_origins(mixture_excerpts):
@@ -169,10 +173,27 @@ def _excerpt_origins(mixture_excerpts):
   return [divmod(value, _UTTERANCE_OFFSET) for value in first_values]
 
 
-def _epoch(utterances, **overrides):
-  settings = {'batch_size': 3, 'excerpt_samples': 50, 'seed': 7, 'epoch': 2,
-              **overrides}
-  return list(input_pipeline.training_batches(utterances, **settings))
+_SETTINGS = {'batch_size': 3, 'excerpt_samples': 50, 'seed': 7,
+             'num_epochs': 2}
+
+
+def _batches(split, **overrides):
+  return list(input_pipeline.training_dataset(split,
+                                              **{**_SETTINGS, **overrides}))
+
+
+def _assert_batches_equal(batches, expected_batches):
+  assert len(batches) == len(expected_batches)
+  for (mixture, sources), (expected_mixture, expected_sources) in zip(
+      batches, expected_batches):
+    np.testing.assert_array_equal(mixture, expected_mixture)
+    np.testing.assert_array_equal(sources, expected_sources)
+
+
+def _config(**overrides):
+  settings = {'batch_size': 3, 'excerpt_frames': 3, 'seed': 7,
+              'num_epochs': 2, **overrides}
+  return ml_collections.ConfigDict(settings)
 
 
 def test_steps_per_epoch_drops_incomplete_batch():
@@ -181,84 +202,131 @@ def test_steps_per_epoch_drops_incomplete_batch():
   assert input_pipeline.steps_per_epoch(2, 3) == 0
 
 
-def test_training_batches_have_requested_shapes_and_dtype():
-  batches = _epoch(_numbered_utterances([120] * 10))
-  assert len(batches) == input_pipeline.steps_per_epoch(10, 3)
+def test_split_lists_lengths_and_reads_an_utterance_when_indexed(tmp_path):
+  split = _numbered_split(tmp_path, [60, 120])
+  assert split.names == ('u00', 'u01')
+  np.testing.assert_array_equal(split.lengths, [60, 120])
+  utterance = split[1]
+  np.testing.assert_array_equal(utterance.mixture,
+                                _UTTERANCE_OFFSET + np.arange(120) + 1)
+  np.testing.assert_array_equal(utterance.sources,
+                                [utterance.mixture, -utterance.mixture])
+
+
+def test_training_batches_have_requested_shapes_and_dtype(tmp_path):
+  batches = _batches(_numbered_split(tmp_path, [120] * 10))
+  assert len(batches) == 2 * input_pipeline.steps_per_epoch(10, 3)
   for mixture, sources in batches:
     assert mixture.shape == (3, 50) and mixture.dtype == np.float32
     assert sources.shape == (3, 2, 50) and sources.dtype == np.float32
 
 
-def test_training_batches_cut_aligned_excerpts_of_distinct_utterances():
+def test_training_batches_cut_aligned_excerpts_of_distinct_utterances(
+    tmp_path):
   lengths = [60, 120, 200, 50, 90, 300, 75, 51, 400, 130]
-  utterances = _numbered_utterances(lengths)
-  batches = _epoch(utterances)
-  seen = []
-  for mixture, sources in batches:
-    for row, (index, start) in enumerate(_excerpt_origins(mixture)):
-      assert 0 <= start <= lengths[index] - 50
-      expected = utterances[index].mixture[start:start + 50]
-      np.testing.assert_array_equal(mixture[row], expected)
-      np.testing.assert_array_equal(sources[row], np.stack([expected,
-                                                            -expected]))
-      seen.append(index)
-  assert len(seen) == len(set(seen)) == 9
+  split = _numbered_split(tmp_path, lengths)
+  for epoch in _batches(split)[:3], _batches(split)[3:]:
+    seen = []
+    for mixture, sources in epoch:
+      for row, (index, start) in enumerate(_excerpt_origins(mixture)):
+        assert 0 <= start <= lengths[index] - 50
+        expected = split[index].mixture[start:start + 50]
+        np.testing.assert_array_equal(mixture[row], expected)
+        np.testing.assert_array_equal(sources[row], [expected, -expected])
+        seen.append(index)
+    assert len(seen) == len(set(seen)) == 9
 
 
-def test_training_batches_zero_pad_short_utterances_at_the_end():
+def test_training_batches_zero_pad_short_utterances_at_the_end(tmp_path):
   lengths = [20, 35, 49, 10, 42, 30]
-  utterances = _numbered_utterances(lengths)
-  for mixture, sources in _epoch(utterances):
+  split = _numbered_split(tmp_path, lengths)
+  for mixture, sources in _batches(split):
     for row, (index, start) in enumerate(_excerpt_origins(mixture)):
       length = lengths[index]
       assert start == 0
       np.testing.assert_array_equal(mixture[row, :length],
-                                    utterances[index].mixture)
+                                    split[index].mixture)
       np.testing.assert_array_equal(mixture[row, length:], 0)
       np.testing.assert_array_equal(sources[row, :, length:], 0)
       np.testing.assert_array_equal(sources[row, :, :length],
-                                    utterances[index].sources)
+                                    split[index].sources)
 
 
-def test_training_batches_are_deterministic():
-  utterances = _numbered_utterances([60, 120, 200, 50, 90, 300, 75])
-  first, second = _epoch(utterances), _epoch(utterances)
-  for (mixture_a, sources_a), (mixture_b, sources_b) in zip(first, second):
-    np.testing.assert_array_equal(mixture_a, mixture_b)
-    np.testing.assert_array_equal(sources_a, sources_b)
+def test_training_batches_are_deterministic(tmp_path):
+  split = _numbered_split(tmp_path, [60, 120, 200, 50, 90, 300, 75])
+  _assert_batches_equal(_batches(split), _batches(split))
 
 
-def test_training_batches_differ_between_epochs():
-  utterances = _numbered_utterances([300] * 12)
-  epoch_2 = np.concatenate([mixture for mixture, _ in _epoch(utterances)])
-  epoch_3 = np.concatenate([mixture for mixture, _ in _epoch(utterances,
-                                                             epoch=3)])
-  assert not np.array_equal(epoch_2, epoch_3)
+def test_training_batches_differ_between_epochs(tmp_path):
+  split = _numbered_split(tmp_path, [300] * 12)
+  epoch_0, epoch_1 = np.split(
+      np.concatenate([mixture for mixture, _ in _batches(split)]), 2)
+  assert not np.array_equal(epoch_0, epoch_1)
 
 
-@pytest.mark.parametrize('start_step', [0, 1, 2, 4])
-def test_training_batches_resume_with_the_same_later_batches(start_step):
-  utterances = _numbered_utterances([60, 120, 200, 50, 90, 300, 75, 51, 400,
-                                     130, 64, 99, 150])
-  full_epoch = _epoch(utterances)
-  resumed = _epoch(utterances, start_step=start_step)
-  assert len(resumed) == len(full_epoch) - start_step
-  for (mixture, sources), (expected_mixture, expected_sources) in zip(
-      resumed, full_epoch[start_step:]):
-    np.testing.assert_array_equal(mixture, expected_mixture)
-    np.testing.assert_array_equal(sources, expected_sources)
+@pytest.mark.parametrize('start_step', [0, 1, 4, 7, 8])
+def test_training_stream_resumes_with_the_same_later_batches(tmp_path,
+                                                             start_step):
+  split = _numbered_split(tmp_path, [200] * 13)
+  config = _config(batch_size=3, num_epochs=2)
+  full_run = list(input_pipeline.training_stream(split, config))
+  assert len(full_run) == 8
+  _assert_batches_equal(
+      list(input_pipeline.training_stream(split, config, start_step)),
+      full_run[start_step:])
+
+
+def test_each_process_reads_its_own_rows_of_every_batch(tmp_path):
+  split = _numbered_split(tmp_path, [60, 120, 200, 50, 90, 300, 75, 51, 400])
+  whole = _batches(split, batch_size=4)
+  shares = [_batches(split, batch_size=4, process_index=index,
+                     process_count=2) for index in range(2)]
+  _assert_batches_equal(
+      [(np.concatenate([first[0], second[0]]),
+        np.concatenate([first[1], second[1]]))
+       for first, second in zip(*shares)],
+      whole)
 
 
 @pytest.mark.parametrize('overrides, message', [
     ({'batch_size': 0}, 'batch_size must be at least 1'),
     ({'excerpt_samples': 0}, 'excerpt_samples must be at least 1'),
     ({'batch_size': 5}, '4 utterances do not fill one batch of 5'),
-    ({'start_step': 2}, r'start_step must be in \[0, 1\]'),
-    ({'start_step': -1}, r'start_step must be in \[0, 1\]'),
+    ({'process_count': 2}, r'batch_size \(3\) must divide by the number of '
+     r'processes \(2\)'),
 ])
-def test_training_batches_reject_invalid_arguments(overrides, message):
-  utterances = _numbered_utterances([100] * 4)
+def test_training_dataset_rejects_invalid_arguments(tmp_path, overrides,
+                                                    message):
+  split = _numbered_split(tmp_path, [100] * 4)
   with pytest.raises(ValueError, match=message):
-    input_pipeline.training_batches(utterances, **{'batch_size': 3,
-                                         'excerpt_samples': 50, 'seed': 0,
-                                         'epoch': 0, **overrides})
+    input_pipeline.training_dataset(split, **{**_SETTINGS, **overrides})
+
+
+@pytest.mark.parametrize('start_step', [-1, 3])
+def test_training_stream_rejects_a_step_outside_the_run(tmp_path, start_step):
+  split = _numbered_split(tmp_path, [100] * 4)
+  with pytest.raises(ValueError, match=r'start_step must be in \[0, 2\]'):
+    input_pipeline.training_stream(split, _config(), start_step)
+
+
+@pytest.mark.parametrize('process_count', [1, 2])
+def test_evaluation_batches_cover_the_split_in_order_zero_padded(
+    tmp_path, process_count):
+  lengths = [60, 120, 200, 50, 90]
+  split = _numbered_split(tmp_path, lengths)
+  seen = []
+  for process_index in range(process_count):
+    for batch in input_pipeline.evaluation_batches(
+        split, 4, 256, process_index=process_index,
+        process_count=process_count):
+      assert batch.mixture.shape == (4 // process_count, 256)
+      for row, utterance in enumerate(batch.utterances):
+        index = batch.first + row
+        assert utterance.name == split.names[index]
+        length = lengths[index]
+        np.testing.assert_array_equal(batch.mixture[row, :length],
+                                      utterance.mixture)
+        np.testing.assert_array_equal(batch.mixture[row, length:], 0)
+        seen.append(index)
+      np.testing.assert_array_equal(batch.mixture[len(batch.utterances):], 0)
+  assert sorted(seen) == list(range(len(lengths)))

@@ -39,17 +39,47 @@ def data_dir(tmp_path_factory):
   return tmp_path_factory.mktemp('espeak2mix')
 
 
-def test_interrupted_run_resumes_with_identical_steps(tmp_path, data_dir):
-  straight = train.train_and_evaluate(tiny_config(data_dir, 3),
-                                      tmp_path / 'straight')
-  # Stops after one epoch (4 steps, last checkpoint at step 4), then goes on.
-  train.train_and_evaluate(tiny_config(data_dir, 1), tmp_path / 'resumed')
-  resumed = train.train_and_evaluate(tiny_config(data_dir, 3),
-                                     tmp_path / 'resumed')
+class _Interrupted(Exception):
+  """Stands for a run killed between two steps."""
+
+
+def _train_until(steps, monkeypatch, config, workdir):
+  """Runs ``train_and_evaluate``, interrupted before step ``steps + 1``."""
+  real_train_step, steps_taken = train.train_step, 0
+
+  def train_step(*args, **kwargs):
+    nonlocal steps_taken
+    if steps_taken == steps:
+      raise _Interrupted
+    steps_taken += 1
+    return real_train_step(*args, **kwargs)
+
+  with monkeypatch.context() as patch:
+    patch.setattr(train, 'train_step', train_step)
+    with pytest.raises(_Interrupted):
+      train.train_and_evaluate(config, workdir)
+
+
+def test_run_interrupted_mid_epoch_resumes_with_identical_log_and_results(
+    tmp_path, data_dir, monkeypatch):
+  straight_config = tiny_config(data_dir, 3)
+  straight_config.log_every_steps = 5
+  straight = train.train_and_evaluate(straight_config, tmp_path / 'straight')
+  # Epochs of 4 steps, checkpoints after steps 3, 4, 6, 8...: killed after
+  # step 7, in the second epoch, with step 7 already logged.
+  config = tiny_config(data_dir, 3)
+  config.log_every_steps = 1
+  _train_until(7, monkeypatch, config, tmp_path / 'resumed')
+  assert [r['step'] for r in read_log(tmp_path / 'resumed')] == list(
+      range(1, 8))
+  resumed = train.train_and_evaluate(config, tmp_path / 'resumed')
   straight_log = read_log(tmp_path / 'straight')
   assert [r['step'] for r in straight_log] == list(range(1, 13))
   assert read_log(tmp_path / 'resumed') == straight_log
-  assert resumed['test_si_sdri'] == straight['test_si_sdri']
+  assert ((tmp_path / 'resumed' / 'validation.jsonl').read_text()
+          == (tmp_path / 'straight' / 'validation.jsonl').read_text())
+  for key in ('steps', 'best_valid_si_sdri', 'test_si_sdr', 'test_si_sdri'):
+    assert resumed[key] == straight[key], key
 
 
 def test_run_writes_results_and_separated_wavs(tmp_path, data_dir):
@@ -61,6 +91,10 @@ def test_run_writes_results_and_separated_wavs(tmp_path, data_dir):
   assert len(list((workdir / 'separated').glob('*_estimate*.wav'))) == 2
   log = read_log(workdir)
   assert all(np.isfinite(r['threshold']) and r['step_size'] > 0 for r in log)
+  assert all(r['clipped'] in (0.0, 1.0) for r in log)
+  np.testing.assert_allclose([r['clip_rate'] for r in log],
+                             np.cumsum([r['clipped'] for r in log])
+                             / np.arange(1, len(log) + 1))
 
 
 def test_autoclip_threshold_bounds_the_applied_step(tmp_path, data_dir):
@@ -72,6 +106,9 @@ def test_autoclip_threshold_bounds_the_applied_step(tmp_path, data_dir):
   smallest_so_far = np.minimum.accumulate([r['grad_norm'] for r in log])
   np.testing.assert_allclose([r['threshold'] for r in log], smallest_so_far,
                              rtol=1e-6)
+  np.testing.assert_array_equal(
+      [r['clipped'] for r in log],
+      [r['grad_norm'] > r['threshold'] for r in log])
 
 
 def test_unknown_dataset_is_rejected(tmp_path):

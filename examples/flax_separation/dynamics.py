@@ -105,7 +105,8 @@ def train_and_record(config: ml_collections.ConfigDict,
   Returns:
     ``<workdir>/dynamics_p<percentile>.jsonl``: per recorded step, ``step``,
     ``loss``, ``step_size``, ``grad_norm`` (at ``theta_{t-1}``, before
-    clipping), ``threshold`` and ``smoothness``.
+    clipping), ``threshold``, ``clipped``, ``clip_rate`` (as
+    ``train.train_step`` returns them) and ``smoothness``.
   """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,14 @@
-"""The input pipeline: reads two-speaker mixtures and batches training excerpts.
+"""The input pipeline: streams two-speaker mixtures from disk in batches.
+
+A training set does not fit in memory: WSJ0-2mix's is about 10 GB as float32,
+Libri2Mix's train-360 about 73 GB. So a split is read as a list of files
+(`Split`), and each batch is read from disk when it is needed, by grain
+(`training_stream`, `evaluation_batches`), in background threads a few
+batches ahead of the step. Memory does not grow with the size of the data set
+beyond a name and a length per mixture.
 
 `load_splits(config, workdir)` is the front the training code calls: it finds
-(or, for espeak2mix, generates) the data set `config.dataset` names and reads
+(or, for espeak2mix, generates) the data set `config.dataset` names and lists
 its three splits. Three data sets share one on-disk layout, the "min" version
 of WSJ0-2mix at 8 kHz: a split folder holds a mixture folder and the folders
 `s1` and `s2`, and a mixture and its two sources share a file name.
@@ -11,8 +18,10 @@ of WSJ0-2mix at 8 kHz: a split folder holds a mixture folder and the folders
   WSJ0 corpus.
 * Libri2Mix (`Libri2Mix/wav8k/min/{train-100,dev,test}/{mix_clean,s1,s2}/`).
 
-`load_split` reads any of them into `Utterance`s, and `training_batches` cuts
-those into shuffled fixed-length excerpts.
+`training_dataset` is a run's batches as a random-access grain `MapDataset`,
+one element per step: the order is a function of the seed and the epoch, a
+resumed run starts at its step, and each process of a multi-host run reads
+only its own rows of every batch.
 
 References:
   Hershey, Chen, Le Roux & Watanabe, `Deep clustering: Discriminative
@@ -24,11 +33,12 @@ References:
   <https://arxiv.org/abs/2005.11262>`_, 2020.
 """
 
+from collections.abc import Iterator, Sequence
 import os
 import pathlib
-from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
+import grain
 import ml_collections
 import numpy as np
 import soundfile as sf
@@ -47,6 +57,12 @@ _LAYOUT_FOLDERS = (
     ({'train': 'train-100', 'valid': 'dev', 'test': 'test'}, 'mix_clean'),
 )
 
+# Batches read ahead of the step, and the threads reading them. A batch is
+# read by one thread; reading one at the paper's batch size (25) takes a few
+# milliseconds, far below a step, so two threads keep any step fed.
+PREFETCH_BATCHES = 4
+READ_THREADS = 2
+
 
 class Utterance(NamedTuple):
   """A two-speaker mixture with its reference sources.
@@ -59,6 +75,57 @@ class Utterance(NamedTuple):
   name: str
   mixture: np.ndarray
   sources: np.ndarray
+
+
+class Split(Sequence[Utterance]):
+  """A split's mixtures on disk; indexing reads one from disk.
+
+  Attributes:
+    mixture_dir: the folder of the mixtures; the sources are in the folders
+      `s1` and `s2` beside it.
+    names: the mixtures' file names without `.wav`, sorted.
+    lengths: int64 `[len(names)]`, samples of each mixture.
+  """
+
+  def __init__(self, mixture_dir: pathlib.Path, names: Sequence[str],
+               lengths: np.ndarray):
+    self.mixture_dir = mixture_dir
+    self.names = tuple(names)
+    self.lengths = np.asarray(lengths, np.int64)
+
+  def __len__(self) -> int:
+    return len(self.names)
+
+  def __getitem__(self, index: int) -> Utterance:
+    mixture, sources = self.excerpt(index, 0, int(self.lengths[index]))
+    return Utterance(self.names[index], mixture, sources)
+
+  def paths(self, index: int) -> tuple[pathlib.Path, pathlib.Path,
+                                       pathlib.Path]:
+    """The mixture's file and its two sources'."""
+    file_name = f'{self.names[index]}.wav'
+    return (self.mixture_dir / file_name,
+            *(self.mixture_dir.parent / folder / file_name
+              for folder in espeak2mix.SOURCE_FOLDERS))
+
+  def excerpt(self, index: int, start: int,
+              num_samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """Reads `num_samples` from `start`, zero-padded past the mixture's end.
+
+    Args:
+      index: which mixture.
+      start: the first sample read.
+      num_samples: samples returned.
+
+    Returns:
+      `(mixture [num_samples], sources [2, num_samples])`, float32.
+    """
+    signals = np.zeros((3, num_samples), np.float32)
+    for row, path in enumerate(self.paths(index)):
+      samples, _ = sf.read(path, start=start, frames=num_samples,
+                           dtype='float32', always_2d=True)
+      signals[row, :len(samples)] = samples[:, 0]
+    return signals[0], signals[1:]
 
 
 def _find_mixture_dir(root: pathlib.Path, split: str) -> pathlib.Path:
@@ -75,49 +142,46 @@ def _find_mixture_dir(root: pathlib.Path, split: str) -> pathlib.Path:
       f'Libri2Mix; looked for {", ".join(looked_for)}')
 
 
-def _read_mono(path: pathlib.Path) -> np.ndarray:
-  """Reads a mono `spectral.SAMPLE_RATE` audio file as float32 `[samples]`."""
+def _mono_length(path: pathlib.Path) -> int:
+  """Samples of a mono `spectral.SAMPLE_RATE` audio file, from its header."""
   try:
-    samples, sample_rate = sf.read(path, dtype='float32', always_2d=True)
+    info = sf.info(path)
   except sf.SoundFileError as error:
     raise ValueError(f'{path} is not a readable audio file: {error}') from error
-  if sample_rate != spectral.SAMPLE_RATE:
+  if info.samplerate != spectral.SAMPLE_RATE:
     raise ValueError(
-        f'{path} has a sample rate of {sample_rate} Hz; expected '
+        f'{path} has a sample rate of {info.samplerate} Hz; expected '
         f'{spectral.SAMPLE_RATE}')
-  if samples.shape[1] != 1:
-    raise ValueError(f'{path} has {samples.shape[1]} channels; expected 1')
-  return samples[:, 0]
+  if info.channels != 1:
+    raise ValueError(f'{path} has {info.channels} channels; expected 1')
+  return info.frames
 
 
-def _load_utterance(mixture_path: pathlib.Path) -> Utterance:
-  """Reads a mixture and the sources beside it, checking they match."""
-  split_dir = mixture_path.parent.parent
-  source_paths = [split_dir / folder / mixture_path.name
-                  for folder in espeak2mix.SOURCE_FOLDERS]
+def _checked_length(split: Split, index: int) -> int:
+  """Checks a mixture and its sources' headers; returns its length."""
+  mixture_path, *source_paths = split.paths(index)
   for source_path in source_paths:
     if not source_path.is_file():
       raise FileNotFoundError(
           f'{source_path} is missing; every mixture needs both sources, and '
           f'{mixture_path} exists')
-  mixture = _read_mono(mixture_path)
-  sources = []
+  length = _mono_length(mixture_path)
   for source_path in source_paths:
-    source = _read_mono(source_path)
-    if len(source) != len(mixture):
+    source_length = _mono_length(source_path)
+    if source_length != length:
       raise ValueError(
-          f'{source_path} has {len(source)} samples but its mixture '
-          f'{mixture_path} has {len(mixture)}; expected equal lengths')
-    sources.append(source)
-  return Utterance(mixture_path.stem, mixture, np.stack(sources))
+          f'{source_path} has {source_length} samples but its mixture '
+          f'{mixture_path} has {length}; expected equal lengths')
+  return length
 
 
-def load_split(root: str | os.PathLike, split: str) -> list[Utterance]:
-  """Reads one split of espeak2mix, WSJ0-2mix or Libri2Mix.
+def load_split(root: str | os.PathLike, split: str) -> Split:
+  """Lists one split of espeak2mix, WSJ0-2mix or Libri2Mix.
 
   The layout is recognised by its folder names: `{tr,cv,tt}/mix` for
   WSJ0-2mix and espeak2mix, `{train-100,dev,test}/mix_clean` for Libri2Mix,
-  each with `s1` and `s2` beside the mixture folder.
+  each with `s1` and `s2` beside the mixture folder. Only the files' headers
+  are read, to check every file before training starts.
 
   Args:
     root: the directory holding those split folders (`.../wav8k/min`, as
@@ -125,7 +189,7 @@ def load_split(root: str | os.PathLike, split: str) -> list[Utterance]:
     split: `'train'`, `'valid'` or `'test'`.
 
   Returns:
-    The split's utterances, sorted by name.
+    The split, sorted by name.
 
   Raises:
     ValueError: if `split` is unknown, or a file is not mono 8 kHz audio, or
@@ -139,12 +203,15 @@ def load_split(root: str | os.PathLike, split: str) -> list[Utterance]:
   if not root.is_dir():
     raise FileNotFoundError(f'data directory {root} does not exist')
   mixture_dir = _find_mixture_dir(root, split)
-  mixture_paths = sorted(mixture_dir.glob('*.wav'))
-  if not mixture_paths:
+  names = sorted(path.stem for path in mixture_dir.glob('*.wav'))
+  if not names:
     raise FileNotFoundError(f'{mixture_dir} holds no .wav files')
-  return [_load_utterance(path)
-          for path in tqdm.tqdm(mixture_paths, desc=f'loading {split}',
-                                unit='utterance', leave=False)]
+  listed = Split(mixture_dir, names, np.zeros(len(names), np.int64))
+  listed.lengths[:] = [
+      _checked_length(listed, index)
+      for index in tqdm.trange(len(names), desc=f'checking {split}',
+                               unit='mixture', leave=False)]
+  return listed
 
 
 def steps_per_epoch(num_utterances: int, batch_size: int) -> int:
@@ -165,81 +232,173 @@ def steps_per_epoch(num_utterances: int, batch_size: int) -> int:
   return num_utterances // batch_size
 
 
-def _excerpt(utterance: Utterance, start: int,
-             num_samples: int) -> tuple[np.ndarray, np.ndarray]:
-  """Cuts `num_samples` from `start`, zero-padding past the utterance's end."""
-  mixture = utterance.mixture[start:start + num_samples]
-  sources = utterance.sources[:, start:start + num_samples]
-  padding = num_samples - len(mixture)
-  return (np.pad(mixture, (0, padding)),
-          np.pad(sources, ((0, 0), (0, padding))))
+def _local_batch_size(batch_size: int, process_count: int) -> int:
+  """Rows of each batch one process reads."""
+  if batch_size % process_count:
+    raise ValueError(f'batch_size ({batch_size}) must divide by the number of '
+                     f'processes ({process_count})')
+  return batch_size // process_count
 
 
-def training_batches(
-    utterances: Sequence[Utterance], *, batch_size: int, excerpt_samples: int,
-    seed: int, epoch: int, start_step: int = 0,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """Yields one epoch of shuffled, fixed-length training excerpts.
+def training_dataset(
+    split: Split, *, batch_size: int, excerpt_samples: int, seed: int,
+    num_epochs: int, process_index: int = 0, process_count: int = 1,
+) -> grain.MapDataset:
+  """A run's training batches, one element per step, read when indexed.
 
-  The epoch's order and excerpt offsets are drawn from
-  `np.random.default_rng((seed, epoch))`. Each utterance gives one excerpt at
-  a uniformly random offset; utterances shorter than `excerpt_samples` are
-  used whole and zero-padded at the end. The last incomplete batch is dropped.
+  Each epoch is a shuffle of the split drawn from `seed` and the epoch
+  number (grain's index shuffle, which holds no permutation in memory); its
+  last, incomplete batch is dropped. Each mixture gives one excerpt at a
+  uniformly random offset drawn from `seed` and the excerpt's position in
+  the run; mixtures shorter than `excerpt_samples` are used whole and
+  zero-padded at the end. Element `i` is the same whichever elements were
+  read before it, so `dataset[start_step:]` resumes a run.
 
   Args:
-    utterances: the split, as `load_split` returns it.
-    batch_size: excerpts per batch.
+    split: the training split, as `load_split` returns it.
+    batch_size: excerpts per batch, over all processes.
     excerpt_samples: samples per excerpt.
-    seed: the run's data seed.
-    epoch: the epoch number; each epoch has its own order.
-    start_step: number of the epoch's batches to skip. The batches that follow
-      are the same as without skipping, so a resumed run sees the same data.
+    seed: the run's data seed, in `[0, 2**32)`.
+    num_epochs: passes over the split.
+    process_index: this process (`jax.process_index()`).
+    process_count: processes sharing each batch (`jax.process_count()`);
+      process `p` reads rows `[p * b, (p + 1) * b)` of every batch, with
+      `b = batch_size // process_count`.
 
   Returns:
-    An iterator of `(mixture [batch_size, excerpt_samples],
-    sources [batch_size, 2, excerpt_samples])` float32 arrays.
+    A `grain.MapDataset` of `(mixture [b, excerpt_samples],
+    sources [b, 2, excerpt_samples])` float32 arrays.
 
   Raises:
-    ValueError: if `batch_size` or `excerpt_samples` is below 1, there are
-      fewer utterances than `batch_size`, or `start_step` is outside
-      `[0, steps_per_epoch]`.
+    ValueError: if `batch_size` or `excerpt_samples` is below 1, does not
+      divide by `process_count`, or the split does not fill one batch.
   """
-  num_steps = steps_per_epoch(len(utterances), batch_size)
+  num_steps = steps_per_epoch(len(split), batch_size)
+  local_batch_size = _local_batch_size(batch_size, process_count)
   if excerpt_samples < 1:
     raise ValueError(
         f'excerpt_samples must be at least 1, got {excerpt_samples}')
   if num_steps == 0:
-    raise ValueError(f'{len(utterances)} utterances do not fill one batch of '
+    raise ValueError(f'{len(split)} utterances do not fill one batch of '
                      f'{batch_size}')
-  if not 0 <= start_step <= num_steps:
+
+  def read_excerpt(index, rng):
+    latest_start = max(int(split.lengths[index]) - excerpt_samples, 0)
+    return split.excerpt(index, int(rng.integers(latest_start + 1)),
+                         excerpt_samples)
+
+  # Epoch e's shuffle is positions [e * len(split), (e + 1) * len(split)) of
+  # the repeated shuffle, which grain reshuffles every epoch.
+  excerpts = (grain.MapDataset.range(len(split)).shuffle(seed=seed)
+              .repeat(num_epochs).random_map(read_excerpt, seed=seed))
+  epochs = [excerpts[epoch * len(split):
+                     epoch * len(split) + num_steps * batch_size]
+            for epoch in range(num_epochs)]
+  return (grain.MapDataset.concatenate(epochs)
+          .batch(local_batch_size, drop_remainder=True)
+          [process_index::process_count])
+
+
+def _prefetched(dataset: grain.MapDataset) -> Iterator:
+  """Iterates over `dataset`, reading ahead in background threads."""
+  return iter(dataset.to_iter_dataset(grain.ReadOptions(
+      num_threads=READ_THREADS, prefetch_buffer_size=PREFETCH_BATCHES)))
+
+
+def excerpt_samples(config: ml_collections.ConfigDict) -> int:
+  """Samples in a training excerpt of ``config.excerpt_frames`` frames."""
+  return (config.excerpt_frames - 1) * spectral.HOP_LENGTH
+
+
+def training_stream(
+    split: Split, config: ml_collections.ConfigDict, start_step: int = 0, *,
+    process_index: int = 0, process_count: int = 1,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """Yields a run's training batches from step ``start_step`` to its end.
+
+  The batches are those of `training_dataset`, read a few steps ahead in
+  background threads, so a run resumed at any step sees the same data as one
+  that was never interrupted.
+
+  Args:
+    split: the training split.
+    config: ``batch_size``, ``excerpt_frames`` (STFT frames per excerpt),
+      ``seed`` and ``num_epochs``.
+    start_step: number of the run's batches to skip.
+    process_index: this process, as in `training_dataset`.
+    process_count: the number of processes, as in `training_dataset`.
+
+  Returns:
+    An iterator of this process's ``(mixture [batch, samples], sources
+    [batch, 2, samples])`` float32 rows of each batch.
+
+  Raises:
+    ValueError: if ``start_step`` is outside ``[0, steps of the run]``, or
+      as `training_dataset` raises.
+  """
+  dataset = training_dataset(
+      split, batch_size=config.batch_size,
+      excerpt_samples=excerpt_samples(config), seed=config.seed,
+      num_epochs=config.num_epochs, process_index=process_index,
+      process_count=process_count)
+  if not 0 <= start_step <= len(dataset):
     raise ValueError(
-        f'start_step must be in [0, {num_steps}], got {start_step}')
-  rng = np.random.default_rng((seed, epoch))
-  order = rng.permutation(len(utterances))
-  # Drawn for the whole epoch up front, so skipped batches use no randomness
-  # and the later batches do not depend on start_step.
-  offset_fractions = rng.random(len(utterances))
-  starts = [
-      int(fraction * (max(len(utterances[index].mixture) - excerpt_samples, 0)
-                      + 1))
-      for index, fraction in zip(order, offset_fractions)]
-  return _batches(utterances, order, starts, batch_size, excerpt_samples,
-                  range(start_step, num_steps))
+        f'start_step must be in [0, {len(dataset)}], got {start_step}')
+  return _prefetched(dataset[start_step:])
 
 
-def _batches(utterances, order, starts, batch_size, excerpt_samples, steps):
-  """Yields the batches numbered `steps` of an epoch drawn in advance."""
-  for step in steps:
-    positions = range(step * batch_size, (step + 1) * batch_size)
-    mixtures, sources = zip(*(
-        _excerpt(utterances[order[position]], starts[position], excerpt_samples)
-        for position in positions))
-    yield np.stack(mixtures), np.stack(sources)
+class EvaluationBatch(NamedTuple):
+  """Mixtures to separate at once, zero-padded to one length.
+
+  Attributes:
+    first: the split index of the first of this process's rows.
+    utterances: this process's mixtures, in order; fewer than the rows of
+      ``mixture`` in the split's last batch.
+    mixture: float32 ``[rows, padded_length]``.
+  """
+  first: int
+  utterances: list[Utterance]
+  mixture: np.ndarray
+
+
+def evaluation_batches(
+    split: Split, batch_size: int, padded_length: int, *,
+    process_index: int = 0, process_count: int = 1,
+) -> Iterator[EvaluationBatch]:
+  """Yields the split in order, in zero-padded batches, read ahead.
+
+  Only the batches ahead of the caller are in memory, so a caller that keeps
+  no separated signals evaluates a split of any size.
+
+  Args:
+    split: a split, as `load_split` returns it.
+    batch_size: mixtures per batch, over all processes; the last batch is
+      padded with silent rows.
+    padded_length: samples of every row, at least the split's longest.
+    process_index: this process, as in `training_dataset`.
+    process_count: the number of processes; each reads its own rows.
+
+  Returns:
+    An iterator of this process's `EvaluationBatch` of each batch.
+  """
+  rows = _local_batch_size(batch_size, process_count)
+
+  def read_batch(batch_index):
+    first = batch_index * batch_size + process_index * rows
+    utterances = [split[index]
+                  for index in range(first, min(first + rows, len(split)))]
+    mixture = np.zeros((rows, padded_length), np.float32)
+    for row, utterance in enumerate(utterances):
+      mixture[row, :len(utterance.mixture)] = utterance.mixture
+    return EvaluationBatch(first, utterances, mixture)
+
+  num_batches = -(-len(split) // batch_size)
+  return _prefetched(grain.MapDataset.range(num_batches).map(read_batch))
 
 
 def load_splits(config: ml_collections.ConfigDict,
-                workdir: str | os.PathLike) -> dict[str, list[Utterance]]:
-  """Reads the data set ``config.dataset`` names, generating espeak2mix first.
+                workdir: str | os.PathLike) -> dict[str, Split]:
+  """Lists the data set ``config.dataset`` names, generating espeak2mix first.
 
   Args:
     config: ``dataset``, ``data_dir`` and, for espeak2mix, ``num_train``,
@@ -248,7 +407,7 @@ def load_splits(config: ml_collections.ConfigDict,
       ``<workdir>/data`` unless ``config.data_dir`` is set.
 
   Returns:
-    ``{'train': ..., 'valid': ..., 'test': ...}`` utterance lists.
+    ``{'train': ..., 'valid': ..., 'test': ...}`` splits.
 
   Raises:
     ValueError: if ``config.dataset`` is unknown, or a real data set has no
@@ -275,32 +434,3 @@ def num_training_steps(num_utterances: int,
   """Steps of a run: ``config.num_epochs`` of full batches."""
   return (steps_per_epoch(num_utterances, config.batch_size)
           * config.num_epochs)
-
-
-def training_stream(
-    utterances: Sequence[Utterance], config: ml_collections.ConfigDict,
-    start_step: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """Yields a run's training batches from step ``start_step`` to its end.
-
-  The batches are those of `training_batches` for epochs ``0`` to
-  ``config.num_epochs - 1`` in turn, so a run resumed at any step sees the
-  same data as one that was never interrupted.
-
-  Args:
-    utterances: the training split.
-    config: ``batch_size``, ``excerpt_frames`` (STFT frames per excerpt),
-      ``seed`` and ``num_epochs``.
-    start_step: number of the run's batches to skip.
-
-  Returns:
-    An iterator of ``(mixture [batch, samples], sources [batch, 2,
-    samples])`` float32 arrays.
-  """
-  per_epoch = steps_per_epoch(len(utterances), config.batch_size)
-  excerpt_samples = (config.excerpt_frames - 1) * spectral.HOP_LENGTH
-  # With no full batch, `training_batches` raises the error that says so.
-  for epoch in range(start_step // max(per_epoch, 1), config.num_epochs):
-    yield from training_batches(
-        utterances, batch_size=config.batch_size,
-        excerpt_samples=excerpt_samples, seed=config.seed, epoch=epoch,
-        start_step=max(start_step - epoch * per_epoch, 0))

@@ -13,6 +13,12 @@ SI-SDR and SI-SDRi) and ``separated/`` (a few separated test mixtures).
 An interrupted run started again with the same config resumes from its last
 checkpoint with the same data order and identical next steps.
 
+Training is data parallel over every device (``data_parallel_mesh``): each
+batch is split on the mesh's ``data`` axis, and the parameters and optimizer
+state, AutoClip's window included, are replicated. The loop never waits for
+a step: metrics stay on the device and are fetched every
+``config.log_every_steps`` (and before each checkpoint).
+
 ``train_steps`` is the training loop itself, for anything else that trains
 as a run does (``dynamics.py``).
 """
@@ -33,6 +39,10 @@ import optax
 import orbax.checkpoint as ocp
 import soundfile
 import tqdm
+from jax.experimental import multihost_utils
+from jax.sharding import AxisType
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
 
 from autoclip_optax import autoclip
 from examples.flax_separation import input_pipeline
@@ -46,9 +56,60 @@ from examples.flax_separation import spectral
 EVAL_LENGTH_QUANTUM = 8 * spectral.SAMPLE_RATE
 # Steps with a non-finite update skipped in a row before training gives up.
 MAX_CONSECUTIVE_NONFINITE_STEPS = 5
-# The progress bar shows the loss every this many steps; reading it waits for
-# the step to finish.
-_PROGRESS_LOSS_EVERY = 25
+# Settings that do not change a run's results: a finished run recorded with
+# other values of them need not be run again.
+_RESULT_NEUTRAL_SETTINGS = ('data_dir', 'log_every_steps')
+# Rows of a batch: split over the devices of the mesh's 'data' axis.
+_BATCH = PartitionSpec('data')
+
+
+def data_parallel_mesh(devices: Sequence[jax.Device] | None = None
+                       ) -> jax.sharding.Mesh:
+  """A one-axis mesh, ``data``, over ``devices`` (every device by default).
+
+  On several hosts, ``jax.devices()`` lists every host's devices: one mesh
+  spans them all, and each process feeds its own devices' rows.
+  """
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.make_mesh((len(devices),), ('data',),
+                       axis_types=(AxisType.Auto,), devices=devices)
+
+
+def check_batch_divides(name: str, batch_size: int,
+                        mesh: jax.sharding.Mesh) -> None:
+  """Raises ``ValueError`` unless ``batch_size`` splits evenly over ``mesh``."""
+  if batch_size % mesh.size:
+    raise ValueError(
+        f'config.{name} ({batch_size}) must divide by the number of devices '
+        f'({mesh.size}): each device takes an equal share of every batch')
+
+
+def replicate(mesh: jax.sharding.Mesh, *modules: nnx.Module) -> None:
+  """Puts a copy of the modules' state on every device of ``mesh``.
+
+  For a model and its optimizer: the parameters and the optimizer state,
+  AutoClip's window included, the same on every device.
+  """
+  state = nnx.state(modules)
+  nnx.update(modules, jax.device_put(state, NamedSharding(mesh,
+                                                          PartitionSpec())))
+
+
+def shard_batch(mesh: jax.sharding.Mesh, local_rows):
+  """The global batch whose rows on this process's devices are ``local_rows``.
+
+  Args:
+    mesh: a ``data_parallel_mesh``.
+    local_rows: a pytree of NumPy arrays, this process's rows of the batch
+      (the whole batch on one host).
+
+  Returns:
+    The same pytree of ``jax.Array``s, split over ``mesh``'s ``data`` axis.
+  """
+  sharding = NamedSharding(mesh, _BATCH)
+  return jax.tree.map(
+      lambda rows: jax.make_array_from_process_local_data(sharding, rows),
+      local_rows)
 
 
 def create_model(config: ml_collections.ConfigDict) -> models.BLSTMNet:
@@ -120,24 +181,31 @@ def train_step(model: nnx.Module, optimizer: nnx.Optimizer,
     chimera_alpha: weight of ``L_MI`` in the Chimera loss.
 
   Returns:
-    The loss, the gradient norm and AutoClip's threshold at this step, and
-    the step size ``||theta_t - theta_{t-1}||``. A step skipped for a
-    non-finite update has step size 0, and AutoClip's fields of the last
-    step that was not skipped.
+    The loss, the gradient norm and AutoClip's threshold at this step, the
+    step size ``||theta_t - theta_{t-1}||``, ``clipped`` (1.0 if AutoClip
+    scaled this step's gradient down, else 0.0) and ``clip_rate`` (the
+    fraction of the steps recorded so far that were clipped). A step skipped
+    for a non-finite update has step size 0, and AutoClip's fields of the
+    last step that was not skipped.
   """
   params_before = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  num_clipped_before = optax.tree_utils.tree_get(
+      optimizer.opt_state, 'AutoClipState').num_clipped[...]
   loss, grads = nnx.value_and_grad(
       lambda model: batch_loss(model, mixture, sources, loss_name,
                                chimera_alpha))(model)
   optimizer.update(model, grads)
   params_after = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   clip_state = optax.tree_utils.tree_get(optimizer.opt_state, 'AutoClipState')
+  num_clipped = clip_state.num_clipped[...]
   return {
       'loss': loss,
       'grad_norm': clip_state.grad_norm[...],
       'threshold': clip_state.threshold[...],
       'step_size': optax.tree.norm(
           jax.tree.map(jnp.subtract, params_after, params_before)),
+      'clipped': (num_clipped - num_clipped_before).astype(jnp.float32),
+      'clip_rate': num_clipped / jnp.maximum(clip_state.count[...], 1),
   }
 
 
@@ -160,36 +228,56 @@ def separate(model: nnx.Module, mixture: jax.Array,
   return spectral.apply_masks(masks, mixture_spectrogram, mixture.shape[-1])
 
 
-def evaluate(model, utterances, batch_size, loss_name='mi'):
-  """Separates every utterance; returns per-source SI-SDR and SI-SDRi (dB).
+def evaluate(model: nnx.Module, split: input_pipeline.Split, batch_size: int,
+             loss_name: str = 'mi', mesh: jax.sharding.Mesh | None = None,
+             wav_dir: pathlib.Path | None = None, num_wavs: int = 0
+             ) -> tuple[np.ndarray, np.ndarray]:
+  """Separates every mixture of a split; returns SI-SDR and SI-SDRi (dB).
+
+  The mixtures are read a few batches ahead and scored as they are
+  separated; no separated signal is kept, so memory does not grow with the
+  split. Every batch is padded to one length, so this compiles once.
 
   Args:
     model: the network.
-    utterances: ``input_pipeline.Utterance`` list.
-    batch_size: mixtures separated at once.
+    split: ``input_pipeline.Split``.
+    batch_size: mixtures separated at once, over all devices.
     loss_name: the loss the model was trained with (see ``separate``).
+    mesh: a ``data_parallel_mesh`` (every device by default).
+    wav_dir: where the first ``num_wavs`` mixtures and their separated
+      signals are written as WAVs.
+    num_wavs: how many mixtures to write.
 
   Returns:
-    ``(si_sdr, si_sdri, estimates)``: two ``[utterances, 2]`` arrays and the
-    list of separated ``[2, samples]`` signals.
+    ``(si_sdr, si_sdri)``, two ``[len(split), 2]`` arrays, each source's
+    score in the permutation that maximises SI-SDR.
   """
-  longest = max(len(u.mixture) for u in utterances)
+  mesh = mesh or data_parallel_mesh()
+  longest = int(split.lengths.max())
   padded_length = -(-longest // EVAL_LENGTH_QUANTUM) * EVAL_LENGTH_QUANTUM
-  si_sdr, si_sdri, estimates = [], [], []
-  for first in range(0, len(utterances), batch_size):
-    chunk = utterances[first:first + batch_size]
-    batch = np.zeros((batch_size, padded_length), np.float32)
-    for row, utterance in enumerate(chunk):
-      batch[row, :len(utterance.mixture)] = utterance.mixture
-    separated = np.asarray(separate(model, jnp.asarray(batch), loss_name))
-    for row, utterance in enumerate(chunk):
+  rows = batch_size // jax.process_count()
+  # [batch, row, (SI-SDR, SI-SDRi), source] of this process's rows; NaN for
+  # the padding rows of the last batch.
+  scores = np.full((-(-len(split) // batch_size), rows, 2, 2), np.nan)
+  for number, batch in enumerate(input_pipeline.evaluation_batches(
+      split, batch_size, padded_length, process_index=jax.process_index(),
+      process_count=jax.process_count())):
+    separated = np.asarray(multihost_utils.global_array_to_host_local_array(
+        separate(model, shard_batch(mesh, batch.mixture), loss_name), mesh,
+        _BATCH))
+    for row, utterance in enumerate(batch.utterances):
       estimate = separated[row, :, :len(utterance.mixture)]
-      estimates.append(estimate)
-      si_sdr.append(metrics.permutation_resolved_si_sdr(
-          estimate, utterance.sources))
-      si_sdri.append(metrics.si_sdr_improvement(
-          estimate, utterance.sources, utterance.mixture))
-  return np.array(si_sdr), np.array(si_sdri), estimates
+      scores[number, row] = (
+          metrics.permutation_resolved_si_sdr(estimate, utterance.sources),
+          metrics.si_sdr_improvement(estimate, utterance.sources,
+                                     utterance.mixture))
+      if batch.first + row < num_wavs:
+        _write_example(wav_dir, utterance, estimate)
+  # [process, batch, row, ...] -> in split order, the padding rows dropped.
+  every_process = np.asarray(multihost_utils.process_allgather(scores))
+  in_order = np.swapaxes(every_process.reshape((-1,) + scores.shape), 0, 1)
+  in_order = in_order.reshape(-1, 2, 2)[:len(split)]
+  return in_order[:, 0], in_order[:, 1]
 
 
 class Step(NamedTuple):
@@ -200,46 +288,84 @@ class Step(NamedTuple):
     mixture: the step's batch, ``[batch, samples]``.
     sources: ``[batch, 2, samples]``.
     metrics: what ``train_step`` returned, on the device.
+    fetched: at a step that fetched metrics from the device, the records of
+      every step since the last fetch, this one included: ``{'step': ...,
+      **metrics}`` with floats; empty at other steps.
   """
   number: int
   mixture: jax.Array
   sources: jax.Array
   metrics: dict[str, jax.Array]
+  fetched: list[dict[str, float]]
+
+
+def checkpoint_due(number: int, config: ml_collections.ConfigDict,
+                   steps_per_epoch: int) -> bool:
+  """Whether a run checkpoints after step ``number``.
+
+  It does every ``config.checkpoint_every_steps`` and at the end of every
+  epoch.
+  """
+  return (number % config.checkpoint_every_steps == 0
+          or number % steps_per_epoch == 0)
 
 
 def train_steps(model: nnx.Module, optimizer: nnx.Optimizer,
-                utterances: Sequence[input_pipeline.Utterance],
+                split: input_pipeline.Split,
                 config: ml_collections.ConfigDict,
                 start_step: int = 0) -> Iterator[Step]:
   """Trains from ``start_step`` to the run's end, yielding after each step.
 
   The batches are ``input_pipeline.training_stream``'s, so the run's data
-  order does not depend on where it starts. Metrics stay on the device: a
-  caller that reads them every step waits for every step.
+  order does not depend on where it starts; each process reads its own rows.
+  The model and optimizer are replicated over a ``data_parallel_mesh`` and
+  each batch is split over it. Nothing waits for a step to finish except
+  the fetch of the metrics, every ``config.log_every_steps`` and at every
+  ``checkpoint_due`` step, which also updates the progress bar (loss and
+  the share of the fetched steps that AutoClip clipped).
 
   Args:
     model: the network, updated in place.
     optimizer: its optimizer, updated in place.
-    utterances: the training split.
+    split: the training split.
     config: the run's config.
     start_step: steps already taken (a resumed run's checkpoint).
 
   Returns:
     An iterator of ``Step``s, with a progress bar.
+
+  Raises:
+    ValueError: if ``config.batch_size`` does not divide by the number of
+      devices.
   """
-  total_steps = input_pipeline.num_training_steps(len(utterances), config)
-  with tqdm.tqdm(total=total_steps, initial=start_step, unit='step',
+  mesh = data_parallel_mesh()
+  check_batch_divides('batch_size', config.batch_size, mesh)
+  replicate(mesh, model, optimizer)
+  per_epoch = input_pipeline.steps_per_epoch(len(split), config.batch_size)
+  batches = input_pipeline.training_stream(
+      split, config, start_step, process_index=jax.process_index(),
+      process_count=jax.process_count())
+  unfetched = []  # (step, metrics on the device) since the last fetch.
+  with tqdm.tqdm(total=per_epoch * config.num_epochs, initial=start_step,
+                 unit='step',
                  desc=f'{config.loss} p={config.autoclip_percentile:g}') as bar:
-    for number, (mixture, sources) in enumerate(
-        input_pipeline.training_stream(utterances, config, start_step),
-        start=start_step + 1):
-      mixture, sources = jnp.asarray(mixture), jnp.asarray(sources)
+    for number, local_rows in enumerate(batches, start=start_step + 1):
+      mixture, sources = shard_batch(mesh, local_rows)
       step_metrics = train_step(model, optimizer, mixture, sources,
                                 config.loss, config.chimera_alpha)
-      yield Step(number, mixture, sources, step_metrics)
+      unfetched.append((number, step_metrics))
+      fetched = []
+      if (number % config.log_every_steps == 0
+          or checkpoint_due(number, config, per_epoch)):
+        fetched = [{'step': step, **{key: float(value)
+                                     for key, value in record.items()}}
+                   for step, record in jax.device_get(unfetched)]
+        unfetched = []
+        bar.set_postfix(
+            loss=f'{fetched[-1]["loss"]:.4f}',
+            clipped=f'{np.mean([r["clipped"] for r in fetched]):.0%}')
       bar.update()
-      if number % _PROGRESS_LOSS_EVERY == 0:
-        bar.set_postfix(loss=f'{float(step_metrics["loss"]):.4f}')
+      yield Step(number, mixture, sources, step_metrics, fetched)
 
 
 class _Checkpoints:
@@ -302,7 +428,8 @@ def finished_results(directory: pathlib.Path,
   """Returns a run's ``results.json`` if it was written with ``config``.
 
   A finished run need not be trained or evaluated again. Where its data lies
-  does not change its results, so a moved work directory still counts.
+  and how often it logged do not change its results, so a moved work
+  directory, or one written before ``log_every_steps`` existed, still counts.
   """
   path = pathlib.Path(directory) / 'results.json'
   if not path.exists():
@@ -311,9 +438,10 @@ def finished_results(directory: pathlib.Path,
     results = json.loads(path.read_text())
   except json.JSONDecodeError:  # Cut short while being written.
     return None
+  neutral = dict.fromkeys(_RESULT_NEUTRAL_SETTINGS)
   # Compared through JSON, as written (tuples become lists).
-  recorded = dict(results.get('config', {}), data_dir=None)
-  expected = dict(json.loads(json.dumps(config.to_dict())), data_dir=None)
+  recorded = {**results.get('config', {}), **neutral}
+  expected = {**json.loads(json.dumps(config.to_dict())), **neutral}
   return results if recorded == expected else None
 
 
@@ -327,8 +455,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   Returns:
     The results written to ``<workdir>/results.json``.
+
+  Raises:
+    ValueError: if ``config.loss`` is unknown, or ``config.batch_size`` or
+      ``config.eval_batch_size`` does not divide by the number of devices.
   """
   loss_registry.get(config.loss)
+  mesh = data_parallel_mesh()
+  check_batch_divides('batch_size', config.batch_size, mesh)
+  check_batch_divides('eval_batch_size', config.eval_batch_size, mesh)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   splits = input_pipeline.load_splits(config, workdir)
@@ -346,8 +481,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                                    config.batch_size)
 
   def validate_and_save(step):
-    _, si_sdri, _ = evaluate(model, splits['valid'], config.eval_batch_size,
-                             config.loss)
+    _, si_sdri = evaluate(model, splits['valid'], config.eval_batch_size,
+                          config.loss, mesh)
     valid_si_sdri = float(si_sdri.mean())
     with validation_path.open('a') as log:
       log.write(json.dumps({'step': step, 'si_sdri': valid_si_sdri}) + '\n')
@@ -357,29 +492,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     checkpoints.save(step, model, optimizer, progress)
 
   step = start_step
-  unwritten = []  # (step, metrics) since the last checkpoint, on the device.
   started = time.perf_counter() - progress['train_seconds']
   with log_path.open('a') as log:
-    for step, _, _, step_metrics in train_steps(
-        model, optimizer, splits['train'], config, start_step):
-      unwritten.append((step, step_metrics))
-      if step % config.checkpoint_every_steps == 0 or (
-          step % steps_per_epoch == 0):
-        for number, record in jax.device_get(unwritten):
-          log.write(json.dumps(
-              {'step': number, **{k: float(v) for k, v in record.items()}})
-                    + '\n')
+    for step, *_, fetched in train_steps(model, optimizer, splits['train'],
+                                         config, start_step):
+      log.writelines(json.dumps(record) + '\n' for record in fetched)
+      if checkpoint_due(step, config, steps_per_epoch):
         log.flush()
-        unwritten = []
         progress['train_seconds'] = time.perf_counter() - started
         validate_and_save(step)
 
   checkpoints.close()
   checkpoints.restore_best(model)
-  si_sdr, si_sdri, estimates = evaluate(model, splits['test'],
-                                        config.eval_batch_size, config.loss)
-  _write_examples(workdir / 'separated', splits['test'], estimates,
-                  config.num_example_wavs)
+  wav_dir = workdir / 'separated'
+  wav_dir.mkdir(exist_ok=True)
+  si_sdr, si_sdri = evaluate(model, splits['test'], config.eval_batch_size,
+                             config.loss, mesh, wav_dir,
+                             config.num_example_wavs)
   results = {
       'loss': config.loss,
       'autoclip_percentile': config.autoclip_percentile,
@@ -395,12 +524,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   return results
 
 
-def _write_examples(directory, utterances, estimates, count):
-  directory.mkdir(exist_ok=True)
-  for utterance, estimate in list(zip(utterances, estimates))[:count]:
-    soundfile.write(directory / f'{utterance.name}_mix.wav',
-                    utterance.mixture, spectral.SAMPLE_RATE)
-    for index, signal in enumerate(estimate, start=1):
-      peak = max(1.0, float(np.abs(signal).max()))
-      soundfile.write(directory / f'{utterance.name}_estimate{index}.wav',
-                      signal / peak, spectral.SAMPLE_RATE)
+def _write_example(directory, utterance, estimate):
+  soundfile.write(directory / f'{utterance.name}_mix.wav',
+                  utterance.mixture, spectral.SAMPLE_RATE)
+  for index, signal in enumerate(estimate, start=1):
+    peak = max(1.0, float(np.abs(signal).max()))
+    soundfile.write(directory / f'{utterance.name}_estimate{index}.wav',
+                    signal / peak, spectral.SAMPLE_RATE)

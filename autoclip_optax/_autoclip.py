@@ -121,7 +121,8 @@ def autoclip(
   against their own percentile, independently of the other groups.
 
   Non-finite norms are never recorded, so one bad batch cannot poison the
-  threshold; pair with :func:`optax.apply_if_finite` to skip such steps. With
+  threshold; wrap the chain in :func:`skip_spikes` (or
+  :func:`optax.apply_if_finite`) to skip such steps. With
   groups, only the groups whose norm is non-finite skip recording; the others
   record theirs as usual. Nothing is clipped until ``min_history`` finite
   norms (and at least one) are recorded; they are recorded as usual

@@ -237,6 +237,23 @@ def test_training_batches_cut_aligned_excerpts_of_distinct_utterances(
     assert len(seen) == len(set(seen)) == 9
 
 
+def test_training_batches_follow_the_order_drawn_from_seed_and_epoch(
+    tmp_path):
+  # The order of the runs in the README and RESULTS.md: a permutation from
+  # np.random.default_rng((seed, epoch)), then one offset fraction each.
+  lengths = [60, 120, 200, 50, 90, 300, 75]
+  split = _numbered_split(tmp_path, lengths)
+  origins = [origin for mixture, _ in _batches(split)
+             for origin in _excerpt_origins(mixture)]
+  for epoch in range(2):
+    rng = np.random.default_rng((7, epoch))
+    order = rng.permutation(len(lengths))
+    starts = [int(fraction * (lengths[index] - 50 + 1))
+              for index, fraction in zip(order, rng.random(len(lengths)))]
+    assert origins[6 * epoch:6 * (epoch + 1)] == list(zip(order[:6],
+                                                          starts[:6]))
+
+
 def test_training_batches_zero_pad_short_utterances_at_the_end(tmp_path):
   lengths = [20, 35, 49, 10, 42, 30]
   split = _numbered_split(tmp_path, lengths)

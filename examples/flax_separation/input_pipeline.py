@@ -34,6 +34,7 @@ References:
 """
 
 from collections.abc import Iterator, Sequence
+import functools
 import os
 import pathlib
 from typing import NamedTuple
@@ -240,25 +241,37 @@ def _local_batch_size(batch_size: int, process_count: int) -> int:
   return batch_size // process_count
 
 
+def _epoch_plan(lengths: np.ndarray, seed: int, epoch: int,
+                excerpt_samples: int) -> tuple[np.ndarray, np.ndarray]:
+  """The mixture and excerpt start of each position of an epoch."""
+  rng = np.random.default_rng((seed, epoch))
+  order = rng.permutation(len(lengths))
+  # Drawn for the whole epoch up front, so that a batch's excerpts do not
+  # depend on which batches were read before it.
+  offset_fractions = rng.random(len(lengths))
+  latest_starts = np.maximum(lengths[order] - excerpt_samples, 0)
+  return order, (offset_fractions * (latest_starts + 1)).astype(np.int64)
+
+
 def training_dataset(
     split: Split, *, batch_size: int, excerpt_samples: int, seed: int,
     num_epochs: int, process_index: int = 0, process_count: int = 1,
 ) -> grain.MapDataset:
   """A run's training batches, one element per step, read when indexed.
 
-  Each epoch is a shuffle of the split drawn from `seed` and the epoch
-  number (grain's index shuffle, which holds no permutation in memory); its
-  last, incomplete batch is dropped. Each mixture gives one excerpt at a
-  uniformly random offset drawn from `seed` and the excerpt's position in
-  the run; mixtures shorter than `excerpt_samples` are used whole and
-  zero-padded at the end. Element `i` is the same whichever elements were
-  read before it, so `dataset[start_step:]` resumes a run.
+  Epoch ``e``'s order and excerpt offsets are drawn from
+  `np.random.default_rng((seed, e))`; its last, incomplete batch is dropped.
+  Each mixture gives one excerpt at a uniformly random offset; mixtures
+  shorter than `excerpt_samples` are used whole and zero-padded at the end.
+  Element `i` is the same whichever elements were read before it, so
+  `dataset[start_step:]` resumes a run. The epoch's plan (a mixture index
+  and an offset per position) is all that is held in memory.
 
   Args:
     split: the training split, as `load_split` returns it.
     batch_size: excerpts per batch, over all processes.
     excerpt_samples: samples per excerpt.
-    seed: the run's data seed, in `[0, 2**32)`.
+    seed: the run's data seed.
     num_epochs: passes over the split.
     process_index: this process (`jax.process_index()`).
     process_count: processes sharing each batch (`jax.process_count()`);
@@ -281,20 +294,19 @@ def training_dataset(
   if num_steps == 0:
     raise ValueError(f'{len(split)} utterances do not fill one batch of '
                      f'{batch_size}')
+  excerpts_per_epoch = num_steps * batch_size
+  # Two epochs: the reading threads may straddle an epoch's end.
+  plan = functools.lru_cache(maxsize=2)(
+      lambda epoch: _epoch_plan(split.lengths, seed, epoch, excerpt_samples))
 
-  def read_excerpt(index, rng):
-    latest_start = max(int(split.lengths[index]) - excerpt_samples, 0)
-    return split.excerpt(index, int(rng.integers(latest_start + 1)),
+  def read_excerpt(position_in_run):
+    epoch, position = divmod(position_in_run, excerpts_per_epoch)
+    order, starts = plan(epoch)
+    return split.excerpt(int(order[position]), int(starts[position]),
                          excerpt_samples)
 
-  # Epoch e's shuffle is positions [e * len(split), (e + 1) * len(split)) of
-  # the repeated shuffle, which grain reshuffles every epoch.
-  excerpts = (grain.MapDataset.range(len(split)).shuffle(seed=seed)
-              .repeat(num_epochs).random_map(read_excerpt, seed=seed))
-  epochs = [excerpts[epoch * len(split):
-                     epoch * len(split) + num_steps * batch_size]
-            for epoch in range(num_epochs)]
-  return (grain.MapDataset.concatenate(epochs)
+  return (grain.MapDataset.range(num_epochs * excerpts_per_epoch)
+          .map(read_excerpt)
           .batch(local_batch_size, drop_remainder=True)
           [process_index::process_count])
 

@@ -493,16 +493,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   step = start_step
   started = time.perf_counter() - progress['train_seconds']
-  with log_path.open('a') as log:
-    for step, *_, fetched in train_steps(model, optimizer, splits['train'],
-                                         config, start_step):
-      log.writelines(json.dumps(record) + '\n' for record in fetched)
-      if checkpoint_due(step, config, steps_per_epoch):
-        log.flush()
-        progress['train_seconds'] = time.perf_counter() - started
-        validate_and_save(step)
-
-  checkpoints.close()
+  try:
+    with log_path.open('a') as log:
+      for step, *_, fetched in train_steps(model, optimizer, splits['train'],
+                                           config, start_step):
+        log.writelines(json.dumps(record) + '\n' for record in fetched)
+        if checkpoint_due(step, config, steps_per_epoch):
+          log.flush()
+          progress['train_seconds'] = time.perf_counter() - started
+          validate_and_save(step)
+  finally:
+    # Orbax saves in the background: a save under way when training stops
+    # with an error is finished, so a restart finds it.
+    checkpoints.close()
   checkpoints.restore_best(model)
   wav_dir = workdir / 'separated'
   wav_dir.mkdir(exist_ok=True)

@@ -5,6 +5,7 @@ from collections.abc import Sequence
 
 from absl import app
 from absl import flags
+import jax
 import ml_collections
 from ml_collections import config_flags
 
@@ -15,7 +16,7 @@ CONFIGS = pathlib.Path(__file__).parent / 'configs'
 def define_common_flags(default_percentiles: Sequence[float],
                         percentiles_help: str,
                         default_config: str = 'default.py') -> None:
-  """Defines ``--workdir`` (required), ``--percentiles`` and ``--config``.
+  """Defines --workdir (required), --percentiles, --config and --multihost.
 
   Called by each command when it runs, not on import, so that the commands'
   modules can be imported together.
@@ -31,7 +32,18 @@ def define_common_flags(default_percentiles: Sequence[float],
                     f'{percentiles_help}; 100 never clips.')
   config_flags.DEFINE_config_file('config', str(CONFIGS / default_config),
                                   'Hyperparameters.', lock_config=True)
+  flags.DEFINE_bool(
+      'multihost', False,
+      'One process of a run over several hosts: calls '
+      'jax.distributed.initialize() before anything else, which finds the '
+      'other processes on Cloud TPU, SLURM, Open MPI and Kubernetes.')
   flags.mark_flags_as_required(['workdir'])
+  app.call_after_init(_initialize_multihost)
+
+
+def _initialize_multihost() -> None:
+  if FLAGS.multihost:
+    jax.distributed.initialize()
 
 
 def parse_percentiles(values: Sequence[str]) -> list[float]:

@@ -25,6 +25,7 @@ as a run does (``dynamics.py``).
 
 import functools
 import json
+import os
 import pathlib
 import time
 from collections.abc import Iterator, Sequence
@@ -414,9 +415,23 @@ class _Checkpoints:
     self.best.wait_until_finished()
 
 
+def _writes_files() -> bool:
+  """Whether this process writes the logs and results.
+
+  On several hosts every process computes the same records; the first
+  writes them (Orbax coordinates the checkpoints itself).
+  """
+  return jax.process_index() == 0
+
+
+def _open_log(path):
+  """``path`` opened for appending, or a sink unless ``_writes_files()``."""
+  return path.open('a') if _writes_files() else open(os.devnull, 'w')
+
+
 def _keep_log_lines_up_to(path, last_step):
   """Drops log lines past the restored step, so a resumed log has no repeats."""
-  if not path.exists():
+  if not _writes_files() or not path.exists():
     return
   lines = [line for line in path.read_text().splitlines()
            if json.loads(line)['step'] <= last_step]
@@ -484,7 +499,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     _, si_sdri = evaluate(model, splits['valid'], config.eval_batch_size,
                           config.loss, mesh)
     valid_si_sdri = float(si_sdri.mean())
-    with validation_path.open('a') as log:
+    with _open_log(validation_path) as log:
       log.write(json.dumps({'step': step, 'si_sdri': valid_si_sdri}) + '\n')
     if valid_si_sdri > progress['best_valid_si_sdri']:
       progress['best_valid_si_sdri'] = valid_si_sdri
@@ -494,7 +509,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   step = start_step
   started = time.perf_counter() - progress['train_seconds']
   try:
-    with log_path.open('a') as log:
+    with _open_log(log_path) as log:
       for step, *_, fetched in train_steps(model, optimizer, splits['train'],
                                            config, start_step):
         log.writelines(json.dumps(record) + '\n' for record in fetched)
@@ -523,7 +538,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       'num_test_mixtures': len(splits['test']),
       'config': config.to_dict(),
   }
-  (workdir / 'results.json').write_text(json.dumps(results, indent=2) + '\n')
+  if _writes_files():
+    (workdir / 'results.json').write_text(json.dumps(results, indent=2)
+                                          + '\n')
   return results
 
 

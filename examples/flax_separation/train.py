@@ -62,6 +62,11 @@ MAX_CONSECUTIVE_NONFINITE_STEPS = 5
 _RESULT_NEUTRAL_SETTINGS = ('data_dir', 'log_every_steps')
 # Rows of a batch: split over the devices of the mesh's 'data' axis.
 _BATCH = PartitionSpec('data')
+# Steps the loop dispatches ahead of the device at most. It waits for the
+# step this many before the latest, never for the latest, so the device
+# always has a step queued, and the batches and buffers of the queued steps
+# do not pile up in memory between two fetches of the metrics.
+_STEPS_AHEAD = 2
 
 
 def data_parallel_mesh(devices: Sequence[jax.Device] | None = None
@@ -323,7 +328,8 @@ def train_steps(model: nnx.Module, optimizer: nnx.Optimizer,
   each batch is split over it. Nothing waits for a step to finish except
   the fetch of the metrics, every ``config.log_every_steps`` and at every
   ``checkpoint_due`` step, which also updates the progress bar (loss and
-  the share of the fetched steps that AutoClip clipped).
+  the share of the fetched steps that AutoClip clipped); and the loop runs at
+  most ``_STEPS_AHEAD`` steps ahead of the device.
 
   Args:
     model: the network, updated in place.
@@ -355,6 +361,8 @@ def train_steps(model: nnx.Module, optimizer: nnx.Optimizer,
       step_metrics = train_step(model, optimizer, mixture, sources,
                                 config.loss, config.chimera_alpha)
       unfetched.append((number, step_metrics))
+      if len(unfetched) > _STEPS_AHEAD:
+        jax.block_until_ready(unfetched[-1 - _STEPS_AHEAD][1])
       fetched = []
       if (number % config.log_every_steps == 0
           or checkpoint_due(number, config, per_epoch)):

@@ -17,7 +17,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_test = 3000
   config.num_layers = 4
   config.hidden_size = 600
+  config.learning_rate = 1e-3
   config.batch_size = 25
+  config.excerpt_frames = 400
   config.num_epochs = 100
   config.checkpoint_every_steps = 1000
   config.eval_batch_size = 25

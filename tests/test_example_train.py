@@ -169,6 +169,23 @@ def test_nan_batch_is_skipped_and_autoclip_history_is_as_without_it():
     np.testing.assert_array_equal(leaf, clean_leaf)
 
 
+def test_config_min_history_holds_clipping_back_while_warming_up():
+  config = default.get_config()
+  config.hidden_size = 4
+  config.num_layers = 1
+  config.autoclip_percentile = 0.0
+  config.autoclip_min_history = 3
+  model = train.create_model(config)
+  optimizer = train.create_optimizer(model, config)
+  sources = np.random.default_rng(0).normal(size=(4, 2, 2, 640)).astype(
+      np.float32)
+  thresholds = [float(train.train_step(model, optimizer, batch.sum(axis=1),
+                                       batch)['threshold'])
+                for batch in sources]
+  assert thresholds[:2] == [np.inf, np.inf]
+  assert np.isfinite(thresholds[2:]).all()
+
+
 @pytest.mark.parametrize('loss', ['dc', 'wkm', 'chimera', 'snr'])
 def test_every_loss_trains_and_evaluates_to_finite_results(
     tmp_path, data_dir, loss):

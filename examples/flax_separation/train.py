@@ -139,7 +139,8 @@ def create_optimizer(model: nnx.Module,
   """
   tx = optax.apply_if_finite(
       optax.chain(
-          autoclip(config.autoclip_percentile, config.autoclip_max_history),
+          autoclip(config.autoclip_percentile, config.autoclip_max_history,
+                   min_history=config.autoclip_min_history),
           optax.adam(config.learning_rate)),
       max_consecutive_errors=MAX_CONSECUTIVE_NONFINITE_STEPS)
   return nnx.Optimizer(model, tx, wrt=nnx.Param)

@@ -34,6 +34,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_epochs = 1
   config.autoclip_percentile = 10.0
   config.autoclip_max_history = 100_000
+  # AutoClip's warm-up: no clipping until this many norms are recorded (the
+  # paper: 0).
+  config.autoclip_min_history = 0
   config.seed = 0
   # Bookkeeping.
   config.checkpoint_every_steps = 100

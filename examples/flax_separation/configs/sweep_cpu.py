@@ -13,6 +13,7 @@ from examples.flax_separation.configs import default
 def get_config() -> ml_collections.ConfigDict:
   """Returns the default hyperparameters with a smaller, shorter run."""
   config = default.get_config()
+  config.num_train = 2000
   config.num_layers = 1
   config.hidden_size = 128
   config.batch_size = 4

@@ -13,11 +13,6 @@ from examples.flax_separation.configs import default
 def get_config() -> ml_collections.ConfigDict:
   """Returns the default hyperparameters with a smaller, shorter run."""
   config = default.get_config()
-  config.num_train = 2000
-  config.num_layers = 1
-  config.hidden_size = 128
-  config.batch_size = 4
-  config.excerpt_frames = 400
-  config.num_epochs = 1
-  config.checkpoint_every_steps = 100
+  config.update(num_train=2000, num_layers=1, hidden_size=128, batch_size=4,
+                excerpt_frames=400, num_epochs=1, checkpoint_every_steps=100)
   return config

@@ -1,10 +1,11 @@
 """The paper's Figure 1: step size, loss and gradient smoothness in training.
 
-Example (the README's CPU run: the paper's Figure 1 network, 2 x 300, for
-2 epochs of 500 steps, recorded every 20 steps as in the paper):
+Example (RESULTS.md's CPU run: the paper's Figure 1 network, 2 x 300, for
+2 epochs of 500 steps of batch 4, recorded every 20 steps as in the paper):
 
   python -m examples.flax_separation.dynamics --workdir=workdir_dynamics \
-      --config.num_epochs=2
+      --config.hidden_size=300 --config.num_train=2000 \
+      --config.batch_size=4 --config.excerpt_frames=400 --config.num_epochs=2
 
 Trains one model per percentile with ``train.train_steps``, the loop of
 ``train.py``, and, every ``--record_every`` steps, records the loss, the step

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from examples.flax_separation import dynamics
+from examples.flax_separation.configs import default
 from tests.test_example_sweep import config_flags_for
 from tests.test_example_train import tiny_config
 
@@ -88,7 +89,7 @@ def test_command_writes_the_logs_and_the_figure(tmp_path):
   subprocess.run(
       [sys.executable, '-m', 'examples.flax_separation.dynamics',
        f'--workdir={workdir}', '--percentiles=10,100', '--record_every=2',
-       *config_flags_for(config)],
+       *config_flags_for(config, default.get_config())],
       capture_output=True, text=True, check=True)
   for percentile in (10, 100):
     records = [json.loads(line) for line in

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from examples.flax_separation import main
+from examples.flax_separation.configs import default
 from tests.test_example_sweep import config_flags_for
 from tests.test_example_train import tiny_config
 
@@ -22,7 +23,8 @@ def one_seed_run(tmp_path_factory):
   """The main job with its default seed, at a tiny size."""
   tmp_path = tmp_path_factory.mktemp('main')
   flags = [f'--workdir={tmp_path / "run"}', '--percentiles=10,100',
-           *config_flags_for(tiny_config(tmp_path / 'data', 1))]
+           *config_flags_for(tiny_config(tmp_path / 'data', 1),
+                             default.get_config())]
   return tmp_path / 'run', flags, run_main(*flags)
 
 

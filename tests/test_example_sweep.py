@@ -22,9 +22,13 @@ def results_mtimes(workdir):
           for path in sorted(workdir.glob('mi/p*/results.json'))}
 
 
-def config_flags_for(config):
-  """The ``--config.<field>`` flags that turn the sweep's default into this."""
-  defaults = sweep_cpu.get_config()
+def config_flags_for(config, defaults=None):
+  """The ``--config.<field>`` flags that turn ``defaults`` into ``config``.
+
+  ``defaults`` is the config the command reads without ``--config``; the
+  sweep's by default.
+  """
+  defaults = defaults or sweep_cpu.get_config()
   return [f'--config.{key}={value}' for key, value in config.items()
           if defaults[key] != value]
 

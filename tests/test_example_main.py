@@ -75,7 +75,7 @@ def test_summary_gives_mean_std_and_paired_differences():
   assert '| p=10 | 3.00 ± 1.00 |' in table
   assert '| p=100 | 2.50 ± 0.50 |' in table
   assert '| 2 | +1.00 |' in table
-  assert '| mean ± std | 0.50 ± 0.50 |' in table
+  assert '| mean ± std | +0.50 ± 0.50 |' in table
 
 
 def test_bad_percentile_is_a_usage_error(tmp_path):

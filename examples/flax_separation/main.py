@@ -39,10 +39,10 @@ def _label(percentile: float) -> str:
   return f'p={percentile:g}'
 
 
-def _mean_std(values: Sequence[float]) -> str:
+def _mean_std(values: Sequence[float], sign: str = '') -> str:
   if len(values) == 1:
-    return f'{values[0]:.2f}'
-  return f'{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}'
+    return f'{values[0]:{sign}.2f}'
+  return f'{np.mean(values):{sign}.2f} ± {np.std(values, ddof=1):.2f}'
 
 
 def summarise(results: Mapping[tuple[float, int], dict],
@@ -104,7 +104,7 @@ def render(summary: dict, seeds: Sequence[int]) -> str:
                    + ' |')
     if len(seeds) > 1:
       lines.append('| mean ± std | ' + ' | '.join(
-          _mean_std(list(summary['differences'][name].values()))
+          _mean_std(list(summary['differences'][name].values()), '+')
           for name in names) + ' |')
   return '\n'.join(lines) + '\n'
 
@@ -136,9 +136,9 @@ def main(argv):
   print()
   print(render(summary, seeds))
   if len(seeds) == 1 and len(percentiles) > 1:
-    print('One seed cannot decide the comparison: another seed (another '
-          'initialisation and data order) moves every run by more than the '
-          'percentiles differ. To compare over three seeds, run\n'
+    print('One seed cannot decide the comparison: with another seed (another '
+          'initialisation and batch order) the difference between the '
+          'percentiles can change sign. To compare over three seeds, run\n'
           f'  python -m examples.flax_separation.main --workdir={workdir} '
           '--seeds=0,1,2\n'
           'which reuses the runs finished here.\n')

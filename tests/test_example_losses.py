@@ -64,6 +64,19 @@ def test_psa_mask_loss_is_zero_for_ideal_truncated_psa_masks():
           0.0, abs=1e-6)
 
 
+def test_truncated_target_matches_numpy_angles_including_silent_bins():
+  _, mixture_spec, source_specs = _random_problem(frames=40)
+  silent = np.random.default_rng(1).uniform(size=mixture_spec.shape) < 0.2
+  mixture_spec = np.where(silent, 0, mixture_spec).astype(np.complex64)
+  projection = np.abs(source_specs) * np.cos(
+      np.angle(source_specs) - np.angle(mixture_spec)[:, None])
+  expected = np.clip(projection, 0.0, np.abs(mixture_spec)[:, None])
+  targets = losses.truncated_phase_sensitive_target(mixture_spec, source_specs)
+  np.testing.assert_allclose(targets, expected, rtol=1e-5, atol=1e-6)
+  assert np.all(np.asarray(targets)[np.broadcast_to(
+      silent[:, None], targets.shape)] == 0)
+
+
 def test_truncated_target_clips_to_zero_and_mixture_magnitude():
   mixture_spec = jnp.array([[1.0 + 0j]])
   # In phase and larger than the mixture; in opposite phase; in quadrature.

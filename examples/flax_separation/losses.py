@@ -77,10 +77,12 @@ def truncated_phase_sensitive_target(
   Returns:
     Real `[..., sources, frames, freqs]`.
   """
-  mixture_magnitude = jnp.abs(mixture_spec)[..., None, :, :]
-  phase_difference = (
-      jnp.angle(source_specs) - jnp.angle(mixture_spec)[..., None, :, :])
-  projection = jnp.abs(source_specs) * jnp.cos(phase_difference)
+  mixture_spec = mixture_spec[..., None, :, :]
+  mixture_magnitude = jnp.abs(mixture_spec)
+  # |S| cos(angle(S) - angle(X)) = Re(S conj(X)) / |X|, without the atan2s of
+  # `jnp.angle` (7% of a CPU training step); where |X| = 0 the clip gives 0.
+  projection = jnp.real(source_specs * jnp.conj(mixture_spec)) / jnp.maximum(
+      mixture_magnitude, jnp.finfo(mixture_magnitude.dtype).tiny)
   return jnp.clip(projection, 0.0, mixture_magnitude)
 
 

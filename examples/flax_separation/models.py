@@ -17,17 +17,25 @@ from flax import nnx
 _FORWARD, _BACKWARD = 0, 1
 
 
-def _lstm_cell(cell, gates):
+def _gate_scale(hidden_size, dtype):
+  """`s` such that the gates' activations are `s * tanh(s * x) + 1 - s`.
+
+  Since `sigmoid(x) = (1 + tanh(x / 2)) / 2`, the scale is 1/2 for the
+  input, forget and output gates and 1 for the cell gate: all four gates are
+  one `tanh` over one contiguous array, which XLA vectorises. Four
+  activations over slices of the gates were 5x slower on CPU.
+  """
+  halves = jnp.full((hidden_size,), 0.5, dtype)
+  return jnp.concatenate([halves, halves, jnp.ones_like(halves), halves])
+
+
+def _lstm_cell(cell, gates, scale):
   """One LSTM step from pre-activation gates; also returns the activations."""
-  input_gate, forget_gate, cell_gate, output_gate = jnp.split(gates, 4, axis=-1)
-  input_gate = jax.nn.sigmoid(input_gate)
-  forget_gate = jax.nn.sigmoid(forget_gate)
-  cell_gate = jnp.tanh(cell_gate)
-  output_gate = jax.nn.sigmoid(output_gate)
+  activations = scale * jnp.tanh(scale * gates) + (1.0 - scale)
+  input_gate, forget_gate, cell_gate, output_gate = jnp.split(
+      activations, 4, axis=-1)
   cell = forget_gate * cell + input_gate * cell_gate
   hidden = output_gate * jnp.tanh(cell)
-  activations = jnp.concatenate(
-      [input_gate, forget_gate, cell_gate, output_gate], axis=-1)
   return cell, hidden, activations
 
 
@@ -35,11 +43,12 @@ def _lstm_recurrence_with_residuals(input_gates, recurrent_kernel):
   """Runs the recurrence; returns hidden states and what the VJP needs."""
   hidden_size = recurrent_kernel.shape[-2]
   zeros = jnp.zeros(input_gates.shape[1:-1] + (hidden_size,), input_gates.dtype)
+  scale = _gate_scale(hidden_size, input_gates.dtype)
 
   def step(carry, input_gates_t):
     cell, hidden = carry
     gates = input_gates_t + jnp.einsum('dbh,dhg->dbg', hidden, recurrent_kernel)
-    cell, hidden, activations = _lstm_cell(cell, gates)
+    cell, hidden, activations = _lstm_cell(cell, gates, scale)
     return (cell, hidden), (cell, hidden, activations)
 
   _, (cells, hiddens, activations) = jax.lax.scan(
@@ -75,6 +84,13 @@ def _lstm_recurrence_backward(residuals, hidden_grads):
   previous_cells = jnp.concatenate([initial_state, cells[:-1]])
   previous_hiddens = jnp.concatenate([initial_state, hiddens[:-1]])
 
+  # The derivative of `s * tanh(s * x) + 1 - s` is `s**2 - (a - 1 + s)**2`
+  # in terms of the activation `a`: `a * (1 - a)` for the sigmoid gates and
+  # `1 - a**2` for the cell gate, again one expression over all four gates.
+  scale = _gate_scale(recurrent_kernel.shape[-2], cells.dtype)
+  # Transposed once here, not inside the loop (1.6x faster matmuls on CPU).
+  transposed_kernel = jnp.swapaxes(recurrent_kernel, -1, -2)
+
   def step(carry, inputs):
     hidden_grad_from_next, cell_grad_from_next = carry
     hidden_grad_t, cell, previous_cell, activations_t = inputs
@@ -84,14 +100,13 @@ def _lstm_recurrence_backward(residuals, hidden_grads):
     cell_tanh = jnp.tanh(cell)
     cell_grad = (cell_grad_from_next
                  + hidden_grad * output_gate * (1.0 - cell_tanh**2))
-    gate_grads = jnp.concatenate([
-        cell_grad * cell_gate * input_gate * (1.0 - input_gate),
-        cell_grad * previous_cell * forget_gate * (1.0 - forget_gate),
-        cell_grad * input_gate * (1.0 - cell_gate**2),
-        hidden_grad * cell_tanh * output_gate * (1.0 - output_gate),
-    ], axis=-1)
+    activation_grads = jnp.concatenate([
+        cell_grad * cell_gate, cell_grad * previous_cell,
+        cell_grad * input_gate, hidden_grad * cell_tanh], axis=-1)
+    gate_grads = activation_grads * (
+        scale**2 - (activations_t - 1.0 + scale)**2)
     previous_hidden_grad = jnp.einsum(
-        'dbg,dhg->dbh', gate_grads, recurrent_kernel)
+        'dbg,dgh->dbh', gate_grads, transposed_kernel)
     return (previous_hidden_grad, cell_grad * forget_gate), gate_grads
 
   zeros = jnp.zeros_like(cells[0])

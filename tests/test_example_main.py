@@ -90,3 +90,29 @@ def test_bad_seed_is_a_usage_error(tmp_path):
   assert completed.returncode != 0
   assert '--seeds must be integers' in completed.stderr
   assert not any(tmp_path.iterdir())
+
+
+def test_bad_parallel_runs_is_a_usage_error(tmp_path):
+  completed = run_main(f'--workdir={tmp_path}', '--parallel_runs=0')
+  assert completed.returncode != 0
+  assert '--parallel_runs must be at least 1, got 0' in completed.stderr
+  assert not any(tmp_path.iterdir())
+
+
+def test_runs_in_turn_give_what_runs_at_once_gave(one_seed_run, tmp_path):
+  workdir, flags, completed = one_seed_run
+  assert completed.returncode == 0, completed.stderr
+  in_turn = tmp_path / 'in_turn'
+  flags = [flag for flag in flags if not flag.startswith('--workdir=')]
+  completed = run_main(f'--workdir={in_turn}', '--parallel_runs=1', *flags)
+  assert completed.returncode == 0, completed.stderr
+  for run in ('p10', 'p100'):
+    at_once, one_by_one = (
+        json.loads((directory / 'seed0' / run / 'results.json').read_text())
+        for directory in (workdir, in_turn))
+    for results in (at_once, one_by_one):
+      del results['train_seconds'], results['config']['data_dir']
+    assert at_once == one_by_one
+    for log in ('log.jsonl', 'validation.jsonl'):
+      assert ((workdir / 'seed0' / run / log).read_text()
+              == (in_turn / 'seed0' / run / log).read_text())

@@ -10,9 +10,9 @@ against p=100, no clipping) and seed in ``--seeds`` (default 0) under
 then prints a table of every run's test SI-SDRi, and, per percentile, their
 mean and standard deviation over the seeds and the difference to the last
 percentile seed by seed. Writes ``<workdir>/comparison.json`` and
-``<workdir>/training_curves.png``. A run whose ``results.json`` was written
-with its config is not trained again, so adding seeds trains only the new
-runs.
+``<workdir>/training_curves.png``. ``--parallel_runs`` runs train at once.
+A run whose ``results.json`` was written with its config is not trained
+again, so adding seeds trains only the new runs.
 """
 
 import json
@@ -117,15 +117,13 @@ def main(argv):
     seeds = [int(seed) for seed in FLAGS.seeds]
   except ValueError as error:
     raise app.UsageError(f'--seeds must be integers: {error}') from None
+  parallel_runs = cli.parallel_runs()
   workdir = pathlib.Path(FLAGS.workdir)
-  results = {}
-  for seed in seeds:
-    for percentile in percentiles:
-      config = cli.run_config(FLAGS.config, workdir, percentile, seed)
-      run_dir = workdir / f'seed{seed}' / f'p{percentile:g}'
-      results[percentile, seed] = (
-          train.finished_results(run_dir, config)
-          or train.train_and_evaluate(config, run_dir))
+  runs = {(percentile, seed): (
+      cli.run_config(FLAGS.config, workdir, percentile, seed),
+      workdir / f'seed{seed}' / f'p{percentile:g}')
+          for seed in seeds for percentile in percentiles}
+  results = dict(train.train_runs(runs, parallel_runs))
 
   plots.plot_runs(
       {_label(p): workdir / f'seed{seeds[0]}' / f'p{p:g}' for p in percentiles},

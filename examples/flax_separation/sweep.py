@@ -125,7 +125,8 @@ def render_table1(config: ml_collections.ConfigDict, losses: Sequence[str],
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-              losses: Sequence[str], percentiles: Sequence[float]) -> str:
+              losses: Sequence[str], percentiles: Sequence[float],
+              parallel_runs: int = 1) -> str:
   """Trains every unfinished cell and keeps ``table1.md`` up to date.
 
   The table is written before the first cell is trained and again after
@@ -136,6 +137,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
     workdir: the sweep's work directory.
     losses: keys of ``loss_registry.LOSSES``.
     percentiles: AutoClip percentiles.
+    parallel_runs: cells trained at once (``train.train_runs``).
 
   Returns:
     The final Markdown of ``render_table1``, as in ``<workdir>/table1.md``.
@@ -145,14 +147,6 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   cells = [(loss, float(p)) for loss in losses for p in percentiles]
   configs = {cell: cell_config(config, workdir, *cell) for cell in cells}
   results = {}
-  for cell in cells:
-    finished = train.finished_results(cell_dir(workdir, *cell),
-                                      configs[cell])
-    if finished is not None:
-      results[cell] = finished
-  to_train = [cell for cell in cells if cell not in results]
-  print(f'{len(results)} of {len(cells)} cells already finished; training '
-        f'{len(to_train)}')
 
   def write_table():
     table = render_table1(config, losses, percentiles, results)
@@ -160,10 +154,14 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
     return table
 
   table = write_table()
-  for index, cell in enumerate(to_train, start=1):
-    directory = cell_dir(workdir, *cell)
-    print(f'[{index}/{len(to_train)}] {directory}')
-    results[cell] = train.train_and_evaluate(configs[cell], directory)
+  runs = {cell: (configs[cell], cell_dir(workdir, *cell)) for cell in cells}
+  num_finished = sum(train.finished_results(directory, cell_config) is not None
+                     for cell_config, directory in runs.values())
+  print(f'{num_finished} of {len(cells)} cells already finished; training '
+        f'{len(cells) - num_finished}')
+  for cell, cell_results in train.train_runs(runs, parallel_runs):
+    results[cell] = cell_results
+    print(f'[{len(results)}/{len(cells)}] {cell_dir(workdir, *cell)}')
     table = write_table()
   return table
 
@@ -178,7 +176,8 @@ def main(argv):
       loss_registry.get(loss)
   except ValueError as error:
     raise app.UsageError(str(error)) from None
-  print(run_sweep(config, FLAGS.workdir, FLAGS.losses, percentiles))
+  print(run_sweep(config, FLAGS.workdir, FLAGS.losses, percentiles,
+                  cli.parallel_runs()))
 
 
 if __name__ == '__main__':

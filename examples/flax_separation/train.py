@@ -20,15 +20,17 @@ a step: metrics stay on the device and are fetched every
 ``config.log_every_steps`` (and before each checkpoint).
 
 ``train_steps`` is the training loop itself, for anything else that trains
-as a run does (``dynamics.py``).
+as a run does (``dynamics.py``); ``train_runs`` trains several runs at once.
 """
 
 import functools
 import json
 import os
 import pathlib
+import queue
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 from flax import nnx
@@ -356,7 +358,8 @@ def train_steps(model: nnx.Module, optimizer: nnx.Optimizer,
   unfetched = []  # (step, metrics on the device) since the last fetch.
   with tqdm.tqdm(total=per_epoch * config.num_epochs, initial=start_step,
                  unit='step',
-                 desc=f'{config.loss} p={config.autoclip_percentile:g}') as bar:
+                 desc=(f'{config.loss} p={config.autoclip_percentile:g} '
+                       f'seed {config.seed}')) as bar:
     for number, local_rows in enumerate(batches, start=start_step + 1):
       mixture, sources = shard_batch(mesh, local_rows)
       step_metrics = train_step(model, optimizer, mixture, sources,
@@ -551,6 +554,67 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     (workdir / 'results.json').write_text(json.dumps(results, indent=2)
                                           + '\n')
   return results
+
+
+def train_runs(runs: Mapping[Hashable, tuple[ml_collections.ConfigDict,
+                                              pathlib.Path]],
+               parallel_runs: int = 1) -> Iterator[tuple[Hashable, dict]]:
+  """Trains several runs, ``parallel_runs`` at once, skipping finished ones.
+
+  Each run is ``train_and_evaluate(config, directory)``; one written with its
+  config (``finished_results``) is not trained again. The runs train in
+  threads of this process, each with its own model and data order, so their
+  results do not depend on ``parallel_runs``. On CPU, one small run does not
+  keep every core busy: two 2 x 128 runs at once trained at 7.1 steps/s
+  together on 2 cores, against 5.4 one after the other.
+
+  Args:
+    runs: ``(config, directory)`` of each run, by any key.
+    parallel_runs: how many runs train at once; 1 trains them in turn. Keep
+      1 in a multi-process run, whose processes must take the same steps in
+      the same order.
+
+  Yields:
+    ``(key, results)`` of every run, the finished ones first, then each as
+    it ends. An error in a run is raised here; runs still training stop
+    when the process exits (their last checkpoints resume them).
+
+  Raises:
+    ValueError: if ``parallel_runs`` is below 1.
+  """
+  if parallel_runs < 1:
+    raise ValueError(f'parallel_runs must be at least 1, got {parallel_runs}')
+  to_train = queue.SimpleQueue()
+  for key, (config, directory) in runs.items():
+    finished = finished_results(directory, config)
+    if finished is None:
+      to_train.put(key)
+      # The runs may share a data set: it is generated here, once, before
+      # any run starts.
+      input_pipeline.load_splits(config, directory)
+    else:
+      yield key, finished
+  num_to_train = to_train.qsize()
+  ended = queue.SimpleQueue()
+
+  def train_queued_runs():
+    while True:
+      try:
+        key = to_train.get_nowait()
+      except queue.Empty:
+        return
+      try:
+        ended.put((key, train_and_evaluate(*runs[key]), None))
+      except Exception as error:  # pylint: disable=broad-except
+        ended.put((key, None, error))
+
+  for _ in range(min(parallel_runs, num_to_train)):
+    threading.Thread(target=train_queued_runs, daemon=True).start()
+  for _ in range(num_to_train):
+    key, results, error = ended.get()
+    if error is not None:
+      raise error
+    yield key, results
 
 
 def _write_example(directory, utterance, estimate):

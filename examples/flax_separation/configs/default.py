@@ -52,7 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.batch_size = 8
   # STFT frames per training excerpt (the paper: 400).
   config.excerpt_frames = 200
-  config.num_epochs = 6
+  config.num_epochs = 5
   config.autoclip_percentile = 10.0
   config.autoclip_max_history = 100_000
   # AutoClip's warm-up: no clipping until this many norms are recorded (the

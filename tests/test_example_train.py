@@ -161,12 +161,29 @@ def test_nan_batch_is_skipped_and_autoclip_history_is_as_without_it():
   assert not np.isfinite(records[2]['loss']) and records[2]['step_size'] == 0
   assert records[3]['step_size'] > 0
   params = jax.tree.leaves(nnx.state(model, nnx.Param))
-  assert all(np.isfinite(leaf).all() for leaf in params)
+  batch_stats = jax.tree.leaves(nnx.state(model, nnx.BatchStat))
+  assert len(batch_stats) == 2  # The input normalisation's mean and var.
+  assert all(np.isfinite(leaf).all() for leaf in params + batch_stats)
   for leaf, clean_leaf in zip(
-      jax.tree.leaves(autoclip_state(optimizer)) + params,
+      jax.tree.leaves(autoclip_state(optimizer)) + params + batch_stats,
       jax.tree.leaves(autoclip_state(clean_optimizer))
-      + jax.tree.leaves(nnx.state(clean_model, nnx.Param))):
+      + jax.tree.leaves(nnx.state(clean_model, nnx.Param))
+      + jax.tree.leaves(nnx.state(clean_model, nnx.BatchStat))):
     np.testing.assert_array_equal(leaf, clean_leaf)
+
+
+def test_separation_normalises_with_running_statistics_not_the_batch():
+  rng = np.random.default_rng(0)
+  model, optimizer = tiny_model_and_optimizer()
+  sources = rng.normal(size=(2, 2, 640)).astype(np.float32)
+  mean_before = np.asarray(model.input_normalization.mean[...])
+  train.train_step(model, optimizer, sources.sum(axis=1), sources)
+  assert not np.allclose(model.input_normalization.mean[...], mean_before)
+  mixtures = rng.normal(size=(2, 640)).astype(np.float32)
+  mixtures[1] *= 100.0
+  alone = train.separate(model, mixtures[:1])
+  beside_a_loud_one = train.separate(model, mixtures)[:1]
+  np.testing.assert_allclose(alone, beside_a_loud_one, rtol=1e-5, atol=1e-6)
 
 
 def test_config_min_history_holds_clipping_back_while_warming_up():

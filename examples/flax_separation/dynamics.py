@@ -83,10 +83,14 @@ def local_lipschitz(grad_fn: Callable[[optax.Params], optax.Updates],
 @functools.partial(jax.jit, static_argnums=(0, 5, 6))
 def _gradient(graphdef, params, rest, mixture, sources, loss_name,
               chimera_alpha):
-  """The gradient of ``train.batch_loss`` at ``params``, on one batch."""
-  return jax.grad(lambda p: train.batch_loss(
-      nnx.merge(graphdef, p, rest), mixture, sources, loss_name,
-      chimera_alpha))(params)
+  """The gradient of ``train.batch_loss`` at ``params``, on one batch.
+
+  The input normalisation uses the batch's statistics, as in training; the
+  running statistics it updates belong to a copy, and are dropped.
+  """
+  return nnx.grad(lambda model: train.batch_loss(
+      model, mixture, sources, loss_name, chimera_alpha))(
+          nnx.merge(graphdef, params, rest))
 
 
 def train_and_record(config: ml_collections.ConfigDict,

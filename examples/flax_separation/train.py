@@ -126,6 +126,7 @@ def create_model(config: ml_collections.ConfigDict) -> models.BLSTMNet:
                          hidden_size=config.hidden_size,
                          num_layers=config.num_layers,
                          embedding_dim=config.embedding_dim,
+                         normalize_input=config.normalize_input,
                          rngs=nnx.Rngs(config.seed))
 
 
@@ -148,9 +149,10 @@ def create_optimizer(model: nnx.Module,
   return nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
-def _estimate(model, mixture):
+def _estimate(model, mixture, use_running_average):
   spectrogram = spectral.stft(mixture)
-  return spectrogram, model(spectral.log_magnitude(spectrogram))
+  return spectrogram, model(spectral.log_magnitude(spectrogram),
+                            use_running_average=use_running_average)
 
 
 def batch_loss(model: nnx.Module, mixture: jax.Array, sources: jax.Array,
@@ -169,7 +171,8 @@ def batch_loss(model: nnx.Module, mixture: jax.Array, sources: jax.Array,
     A scalar loss.
   """
   loss = loss_registry.get(loss_name)
-  mixture_spectrogram, estimates = _estimate(model, mixture)
+  mixture_spectrogram, estimates = _estimate(model, mixture,
+                                             use_running_average=False)
   targets = loss_registry.Targets(mixture_spectrogram, spectral.stft(sources),
                                   sources)
   return loss.loss_fn(estimates, targets, chimera_alpha)
@@ -198,12 +201,21 @@ def train_step(model: nnx.Module, optimizer: nnx.Optimizer,
     last step that was not skipped.
   """
   params_before = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  batch_stats_before = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
   num_clipped_before = optax.tree_utils.tree_get(
       optimizer.opt_state, 'AutoClipState').num_clipped[...]
   loss, grads = nnx.value_and_grad(
       lambda model: batch_loss(model, mixture, sources, loss_name,
                                chimera_alpha))(model)
   optimizer.update(model, grads)
+  # A step skipped for a non-finite update keeps the input normalisation's
+  # running statistics too, which the batch would otherwise have poisoned.
+  finite = optimizer.opt_state.last_finite[...]
+  batch_stats = nnx.state(model, nnx.BatchStat)
+  nnx.replace_by_pure_dict(batch_stats, jax.tree.map(
+      lambda after, before: jnp.where(finite, after, before),
+      nnx.to_pure_dict(batch_stats), batch_stats_before))
+  nnx.update(model, batch_stats)
   params_after = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   clip_state = optax.tree_utils.tree_get(optimizer.opt_state, 'AutoClipState')
   num_clipped = clip_state.num_clipped[...]
@@ -232,7 +244,8 @@ def separate(model: nnx.Module, mixture: jax.Array,
   Returns:
     ``[batch, 2, samples]``.
   """
-  mixture_spectrogram, estimates = _estimate(model, mixture)
+  mixture_spectrogram, estimates = _estimate(model, mixture,
+                                             use_running_average=True)
   masks = loss_registry.get(loss_name).masks_fn(estimates, mixture_spectrogram)
   return spectral.apply_masks(masks, mixture_spectrogram, mixture.shape[-1])
 
@@ -381,6 +394,25 @@ def train_steps(model: nnx.Module, optimizer: nnx.Optimizer,
       yield Step(number, mixture, sources, step_metrics, fetched)
 
 
+# Orbax coordinates the steps of a save through signals shared by the whole
+# process: two runs of `train_runs` saving at once from two threads timed
+# out waiting on each other's. Every save and restore holds this lock, and a
+# save is finished before the lock is released (so a run stopped by an error
+# leaves no save half written).
+_ORBAX_LOCK = threading.Lock()
+
+
+def _holding_orbax_lock(method):
+  @functools.wraps(method)
+  def locked(self, *args):
+    with _ORBAX_LOCK:
+      result = method(self, *args)
+      self.latest.wait_until_finished()
+      self.best.wait_until_finished()
+      return result
+  return locked
+
+
 class _Checkpoints:
   """The latest training state and the best model, with orbax."""
 
@@ -391,12 +423,14 @@ class _Checkpoints:
     self.best = ocp.CheckpointManager(
         pathlib.Path(workdir).absolute() / 'best', options=options)
 
+  @_holding_orbax_lock
   def save(self, step, model, optimizer, progress):
     self.latest.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(nnx.to_pure_dict(
             nnx.state((model, optimizer)))),
         progress=ocp.args.JsonSave(progress)))
 
+  @_holding_orbax_lock
   def restore(self, model, optimizer):
     """Loads the latest state into model and optimizer; returns progress."""
     step = self.latest.latest_step()
@@ -410,10 +444,12 @@ class _Checkpoints:
     nnx.update((model, optimizer), state)
     return restored.progress
 
+  @_holding_orbax_lock
   def save_best(self, step, model):
     self.best.save(step, args=ocp.args.StandardSave(
         nnx.to_pure_dict(nnx.state(model))), force=True)
 
+  @_holding_orbax_lock
   def restore_best(self, model):
     state = nnx.state(model)
     restored = self.best.restore(
@@ -421,10 +457,6 @@ class _Checkpoints:
         args=ocp.args.StandardRestore(nnx.to_pure_dict(state)))
     nnx.replace_by_pure_dict(state, restored)
     nnx.update(model, state)
-
-  def close(self):
-    self.latest.wait_until_finished()
-    self.best.wait_until_finished()
 
 
 def _writes_files() -> bool:
@@ -520,19 +552,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   step = start_step
   started = time.perf_counter() - progress['train_seconds']
-  try:
-    with _open_log(log_path) as log:
-      for step, *_, fetched in train_steps(model, optimizer, splits['train'],
-                                           config, start_step):
-        log.writelines(json.dumps(record) + '\n' for record in fetched)
-        if checkpoint_due(step, config, steps_per_epoch):
-          log.flush()
-          progress['train_seconds'] = time.perf_counter() - started
-          validate_and_save(step)
-  finally:
-    # Orbax saves in the background: a save under way when training stops
-    # with an error is finished, so a restart finds it.
-    checkpoints.close()
+  with _open_log(log_path) as log:
+    for step, *_, fetched in train_steps(model, optimizer, splits['train'],
+                                         config, start_step):
+      log.writelines(json.dumps(record) + '\n' for record in fetched)
+      if checkpoint_due(step, config, steps_per_epoch):
+        log.flush()
+        progress['train_seconds'] = time.perf_counter() - started
+        validate_and_save(step)
   checkpoints.restore_best(model)
   wav_dir = workdir / 'separated'
   wav_dir.mkdir(exist_ok=True)

@@ -1,27 +1,26 @@
 """Default config: a 2 x 128 BLSTM on espeak2mix, sized for 2 CPU cores.
 
-The main job with it (p=10 and p=100, seed 0: 3,000 steps each of batch 8
-of 200-frame excerpts, 6 epochs of 4,000 mixtures) reached 3.06 and 2.51 dB
-test SI-SDRi. From a fresh clone on 2 CPU cores, install and data generation
-included, it took 34 min 49 s with other processes competing for the cores
-(about 3 steps/s). Measured to choose it (p=100, seed 0, test SI-SDRi):
+The main job with it (p=10 and p=100, trained at once: 2,000 steps each of
+batch 8 of 200-frame excerpts, 4 epochs of 4,000 mixtures) took 12 min 37 s
+from a fresh clone on 2 idle x86-64 cores, install, data generation and
+evaluation included; seed 0 reached 2.08 and 1.99 dB test SI-SDRi (the
+seeds' table is in RESULTS.md). Measured to choose it (test SI-SDRi, seed 0,
+p=10 / p=100 unless it says otherwise):
 
-* 2 x 128, batch 8 of 200 frames, 2,000 mixtures, 2,500 steps: 2.32 dB
-  (with the batch order of the former input pipeline);
-* the same with 4,000 mixtures and 3,000 steps: 2.51 dB, the default;
-* that with a cosine decay of the learning rate to 0: 2.06 dB, so the rate
-  stays the paper's constant 1e-3;
+* batch normalisation of the input (`normalize_input`), after 500 steps:
+  1.49 / 1.70 dB validation SI-SDRi with it, 0.92 / 0.58 dB without;
+* without it, 2,500 steps: 2.32 / 2.29 dB, and the job took 16 min 39 s;
+  3,000 steps: 2.85 +- 0.43 / 2.49 +- 0.16 dB over seeds 0-2, with about
+  24 minutes of training for the two runs (then 4.2 steps/s, one at a time);
+* a cosine decay of the learning rate to 0 (p=100, 3,000 steps, no input
+  normalisation): 2.06 dB against 2.51 with the paper's constant 1e-3;
 * learning rate 3e-3: -0.10 dB validation SI-SDRi after 500 steps, against
-  1.64 dB with 1e-3 (stopped there);
+  1.64 dB with 1e-3 (p=100, no input normalisation);
 * the former default, 2 x 300 with the paper's 400-frame excerpts in batches
   of 4, 500 steps: 0.15-1.01 dB.
 
-On 2 idle cores `train.train_step` runs 2 x 128 at 4.2 steps/s for 8 x 200
-frames, and at about the same frames per second for 16 x 200, 32 x 200 or
-16 x 100 (6,700-8,300 frames/s); 1 x 128 at 7.0 steps/s, 1 x 256 at 3.9.
-So the main job's 6,000 steps alone take about 24 minutes there, and it
-does not fit in 15: at the 1,000-1,500 steps a run could take in 15
-minutes, the runs above were at 0.7-2.1 dB validation SI-SDRi.
+On 2 idle cores `train.train_step` runs 2 x 128 at 5.3 steps/s for 8 x 200
+frames, and two runs at once (`--parallel_runs=2`) at 7.1 steps/s together.
 """
 
 import ml_collections

@@ -3,8 +3,8 @@
 The main job with it (p=10 and p=100, trained at once: 2,000 steps each of
 batch 8 of 200-frame excerpts, 4 epochs of 4,000 mixtures) took 12 min 37 s
 from a fresh clone on 2 idle x86-64 cores, install, data generation and
-evaluation included; seed 0 reached 2.08 and 1.99 dB test SI-SDRi (the
-seeds' table is in RESULTS.md). Measured to choose it (test SI-SDRi, seed 0,
+evaluation included; seed 0 reached 2.08 and 1.99 dB test SI-SDRi, and
+seeds 0-2 2.88 +- 0.74 and 2.69 +- 0.60 dB (RESULTS.md). Measured to choose it (test SI-SDRi, seed 0,
 p=10 / p=100 unless it says otherwise):
 
 * batch normalisation of the input (`normalize_input`), after 500 steps:

@@ -2,9 +2,9 @@
 
 Both models are 2 x 300 BLSTM mask networks on a batch of 4 x 400 frames with
 129 bins, each step being the example's own `train.train_step` (STFT, the
-phase-sensitive mask loss, AutoClip and Adam). The baseline
-stacks `nnx.Bidirectional(nnx.RNN(nnx.OptimizedLSTMCell), ...)` layers; the
-other is `BLSTMNet` with a mask head. Steps of the two alternate so that
+phase-sensitive mask loss, AutoClip and Adam), both with the batch-normalised
+input. The baseline stacks `nnx.Bidirectional(nnx.RNN(nnx.OptimizedLSTMCell),
+...)` layers; the other is `BLSTMNet` with a mask head. Steps of the two alternate so that
 machine load affects both alike, and medians are reported.
 
 Usage:
@@ -35,6 +35,8 @@ class RNNMaskNet(nnx.Module):
   """`BLSTMNet` with a mask head, built from Flax's own recurrent modules."""
 
   def __init__(self, *, rngs: nnx.Rngs):
+    self.input_normalization = nnx.BatchNorm(
+        spectral.NUM_FREQUENCIES, use_fast_variance=False, rngs=rngs)
     layer_inputs = ([spectral.NUM_FREQUENCIES]
                     + [2 * HIDDEN_SIZE] * (NUM_LAYERS - 1))
     self.blstm_layers = nnx.List([
@@ -47,8 +49,9 @@ class RNNMaskNet(nnx.Module):
     self.mask_layer = nnx.Linear(
         2 * HIDDEN_SIZE, NUM_SOURCES * spectral.NUM_FREQUENCIES, rngs=rngs)
 
-  def __call__(self, log_magnitude):
-    features = log_magnitude
+  def __call__(self, log_magnitude, *, use_running_average=False):
+    features = self.input_normalization(
+        log_magnitude, use_running_average=use_running_average)
     for blstm in self.blstm_layers:
       features = blstm(features)
     masks = jax.nn.sigmoid(self.mask_layer(features))

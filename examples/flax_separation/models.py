@@ -222,16 +222,16 @@ class BLSTMNet(nnx.Module):
   """Stacked BLSTMs with a mask head, an embedding head, or both.
 
   The input log magnitude is batch-normalised per frequency first (unless
-  `normalize_input` is False). The mask head is a linear layer and a sigmoid that estimate one mask per
-  source: the mask-inference network of the AutoClip experiments, trained
-  with `L_MI` or, through the inverse STFT, `L_SNR`. The embedding head is a
-  linear layer to `embedding_dim` values per time-frequency bin, a sigmoid,
-  and a normalisation of each bin's vector to unit length ("unit-norm with
-  sigmoid activation", the AutoClip paper's section 4.2; deep clustering
-  (Hershey et al.) used a tanh): the network of `L_DC` and `L_WKM`,
-  separated by k-means on the embeddings. With both heads on one BLSTM stack
-  it is the Chimera++ network. The paper uses 4 layers of 600 units per
-  direction; the smaller default keeps CPU training practical.
+  `normalize_input` is False). The mask head is a linear layer and a sigmoid
+  that estimate one mask per source: the mask-inference network of the
+  AutoClip experiments, trained with `L_MI` or, through the inverse STFT,
+  `L_SNR`. The embedding head is a linear layer to `embedding_dim` values per
+  time-frequency bin, a sigmoid, and a normalisation of each bin's vector to
+  unit length ("unit-norm with sigmoid activation", the AutoClip paper's
+  section 4.2; deep clustering (Hershey et al.) used a tanh): the network of
+  `L_DC` and `L_WKM`, separated by k-means on the embeddings. With both heads
+  on one BLSTM stack it is the Chimera++ network. The paper uses 4 layers of
+  600 units per direction; the smaller default keeps CPU training practical.
 
   References:
     Hershey, Chen, Le Roux & Watanabe, `Deep clustering: Discriminative
@@ -263,9 +263,9 @@ class BLSTMNet(nnx.Module):
       num_layers: number of stacked bidirectional LSTM layers.
       embedding_dim: length of each time-frequency bin's embedding.
       num_sources: number of masks to estimate.
-      normalize_input: batch-normalise each frequency of the input, as the
-        paper's reference code does (nussl's `MaskInference`, `BatchNorm`
-        after `AmplitudeToDB`).
+      normalize_input: batch-normalise each frequency of the input, as nussl
+        (the separation library of the paper's first author) builds its
+        mask-inference network: `AmplitudeToDB`, then `BatchNorm`.
       rngs: random streams; `rngs.params` initialises the weights.
 
     Raises:

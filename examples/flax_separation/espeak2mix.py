@@ -55,7 +55,11 @@ BASE_VOICES = ('en', 'en-us', 'en-us-nyc', 'en-029', 'en-gb-scotland',
 
 # Voice variants (timbre: formants, pitch range, synthesis method). A speaker
 # is a base voice with a variant, such as `en-us+f3`; the splits have no
-# variant in common, so no speaker of one split is heard in another.
+# variant in common, so no speaker of one split is heard in another. More
+# training variants are not better at the default's size: with all 97 others
+# (same validation and test sets), the default network reached 0.39 and
+# 0.93 dB validation SI-SDRi after 1,500 steps (p=10, p=100, seed 0),
+# against 1.93 and 1.54 dB with these 12.
 VOICE_VARIANTS = {
     'train': ('m1', 'm2', 'm3', 'm4', 'm5', 'f1', 'f2', 'f3', 'klatt',
               'klatt2', 'croak', 'whisper'),

@@ -76,7 +76,7 @@ def main():
           hidden_size=HIDDEN_SIZE, num_layers=NUM_LAYERS, rngs=nnx.Rngs(0)),
   }
   optimizers = {
-      name: train.create_optimizer(model, config)
+      name: train.create_optimizer(model, config, TIMED_STEPS + 1)
       for name, model in contenders.items()
   }
   step_seconds = {name: [] for name in contenders}

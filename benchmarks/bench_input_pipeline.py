@@ -66,7 +66,8 @@ def train_and_report_peak_rss(root: str, steps: int) -> None:
   config = paper_batch_config()
   split = input_pipeline.load_split(root, 'train')
   model = train.create_model(config)
-  optimizer = train.create_optimizer(model, config)
+  optimizer = train.create_optimizer(
+      model, config, input_pipeline.num_training_steps(len(split), config))
   started = time.perf_counter()
   for step in train.train_steps(model, optimizer, split, config):
     if step.number == steps:

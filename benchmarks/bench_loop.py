@@ -51,7 +51,8 @@ def main():
         pathlib.Path(scratch), config.batch_size * (args.steps + 1))
     split = input_pipeline.load_split(root, 'train')
     model = train.create_model(config)
-    optimizer = train.create_optimizer(model, config)
+    optimizer = train.create_optimizer(
+        model, config, input_pipeline.num_training_steps(len(split), config))
     mesh = train.data_parallel_mesh()
     train.replicate(mesh, model, optimizer)
     batches = [train.shard_batch(mesh, rows) for rows in itertools.islice(

@@ -41,7 +41,7 @@ def train_on(mesh, batches):
   """Metrics of each step, and the final params, training on ``mesh``."""
   config = tiny_config()
   model = train.create_model(config)
-  optimizer = train.create_optimizer(model, config)
+  optimizer = train.create_optimizer(model, config, NUM_STEPS)
   train.replicate(mesh, model, optimizer)
   records = []
   for local_rows in batches:

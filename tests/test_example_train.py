@@ -133,7 +133,7 @@ def tiny_model_and_optimizer():
   config.hidden_size = 4
   config.num_layers = 1
   model = train.create_model(config)
-  return model, train.create_optimizer(model, config)
+  return model, train.create_optimizer(model, config, num_steps=100)
 
 
 def autoclip_state(optimizer):
@@ -186,6 +186,32 @@ def test_separation_normalises_with_running_statistics_not_the_batch():
   np.testing.assert_allclose(alone, beside_a_loud_one, rtol=1e-5, atol=1e-6)
 
 
+def test_learning_rate_is_constant_then_a_half_cosine_to_zero():
+  config = default.get_config()
+  config.learning_rate = 2e-3
+  config.learning_rate_decay_start = 0.25
+  schedule = train.learning_rate(config, num_steps=100)
+  steps = np.arange(101)
+  expected = np.where(
+      steps < 25, 2e-3, 1e-3 * (1 + np.cos(np.pi * (steps - 25) / 75)))
+  np.testing.assert_allclose([schedule(step) for step in steps], expected,
+                             rtol=1e-5, atol=1e-10)
+
+
+def test_learning_rate_decay_start_one_keeps_the_rate_constant():
+  config = default.get_config()
+  config.learning_rate_decay_start = 1.0
+  assert train.learning_rate(config, num_steps=100) == config.learning_rate
+
+
+@pytest.mark.parametrize('decay_start', [-0.1, 1.5])
+def test_learning_rate_rejects_a_decay_start_outside_zero_to_one(decay_start):
+  config = default.get_config()
+  config.learning_rate_decay_start = decay_start
+  with pytest.raises(ValueError, match='learning_rate_decay_start'):
+    train.learning_rate(config, num_steps=100)
+
+
 def test_config_min_history_holds_clipping_back_while_warming_up():
   config = default.get_config()
   config.hidden_size = 4
@@ -193,7 +219,7 @@ def test_config_min_history_holds_clipping_back_while_warming_up():
   config.autoclip_percentile = 0.0
   config.autoclip_min_history = 3
   model = train.create_model(config)
-  optimizer = train.create_optimizer(model, config)
+  optimizer = train.create_optimizer(model, config, num_steps=100)
   sources = np.random.default_rng(0).normal(size=(4, 2, 2, 640)).astype(
       np.float32)
   thresholds = [float(train.train_step(model, optimizer, batch.sum(axis=1),
@@ -221,5 +247,15 @@ def test_unknown_loss_is_rejected_before_data_is_generated(tmp_path):
   config.loss = 'sdr'
   with pytest.raises(ValueError, match=r"config.loss must be one of mi, dc, "
                      r"wkm, chimera, snr, got 'sdr'"):
+    train.train_and_evaluate(config, tmp_path / 'run')
+  assert not (tmp_path / 'data').exists()
+
+
+def test_bad_learning_rate_decay_start_is_rejected_before_data_is_generated(
+    tmp_path):
+  config = tiny_config(tmp_path / 'data', 1)
+  config.learning_rate_decay_start = 2.0
+  with pytest.raises(ValueError,
+                     match=r'learning_rate_decay_start must be in \[0, 1\]'):
     train.train_and_evaluate(config, tmp_path / 'run')
   assert not (tmp_path / 'data').exists()

@@ -117,7 +117,8 @@ def train_and_record(config: ml_collections.ConfigDict,
   workdir.mkdir(parents=True, exist_ok=True)
   utterances = input_pipeline.load_splits(config, workdir)['train']
   model = train.create_model(config)
-  optimizer = train.create_optimizer(model, config)
+  optimizer = train.create_optimizer(
+      model, config, input_pipeline.num_training_steps(len(utterances), config))
   path = workdir / f'dynamics_p{config.autoclip_percentile:g}.jsonl'
   # theta_{t-1} of the next recorded step t, as (graphdef, params, rest). A
   # clone: a split of the model itself would hold the Variables that

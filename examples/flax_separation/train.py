@@ -130,8 +130,8 @@ def create_model(config: ml_collections.ConfigDict) -> models.BLSTMNet:
                          rngs=nnx.Rngs(config.seed))
 
 
-def create_optimizer(model: nnx.Module,
-                     config: ml_collections.ConfigDict) -> nnx.Optimizer:
+def create_optimizer(model: nnx.Module, config: ml_collections.ConfigDict,
+                     num_steps: int) -> nnx.Optimizer:
   """Adam behind AutoClip, skipping steps whose update is not finite.
 
   Percentile 100 never clips (the paper's baseline). AutoClip never records
@@ -139,14 +139,52 @@ def create_optimizer(model: nnx.Module,
   ``optax.apply_if_finite`` drops such a step whole (AutoClip's and Adam's
   state included), and gives up after ``MAX_CONSECUTIVE_NONFINITE_STEPS``
   in a row.
+
+  Args:
+    model: the network whose ``nnx.Param``s it updates.
+    config: the run's config.
+    num_steps: the run's training steps, over which ``learning_rate``
+      schedules the rate.
+
+  Returns:
+    The optimizer.
   """
   tx = optax.apply_if_finite(
       optax.chain(
           autoclip(config.autoclip_percentile, config.autoclip_max_history,
                    min_history=config.autoclip_min_history),
-          optax.adam(config.learning_rate)),
+          optax.adam(learning_rate(config, num_steps))),
       max_consecutive_errors=MAX_CONSECUTIVE_NONFINITE_STEPS)
   return nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+
+def learning_rate(config: ml_collections.ConfigDict,
+                  num_steps: int) -> optax.ScalarOrSchedule:
+  """Adam's learning rate: constant, then a half cosine to 0.
+
+  Args:
+    config: ``learning_rate``, and ``learning_rate_decay_start``, the share
+      of the ``num_steps`` after which the rate decays (1.0: constant, as
+      the paper trains).
+    num_steps: the run's training steps.
+
+  Returns:
+    ``config.learning_rate``, or an optax schedule.
+
+  Raises:
+    ValueError: unless ``config.learning_rate_decay_start`` is in [0, 1].
+  """
+  decay_start = config.learning_rate_decay_start
+  if not 0 <= decay_start <= 1:
+    raise ValueError('config.learning_rate_decay_start must be in [0, 1], '
+                     f'got {decay_start}')
+  boundary = round(decay_start * num_steps)
+  if boundary >= num_steps:
+    return config.learning_rate
+  return optax.join_schedules(
+      [optax.constant_schedule(config.learning_rate),
+       optax.cosine_decay_schedule(config.learning_rate,
+                                   num_steps - boundary)], [boundary])
 
 
 def _estimate(model, mixture, use_running_average):
@@ -516,10 +554,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     The results written to ``<workdir>/results.json``.
 
   Raises:
-    ValueError: if ``config.loss`` is unknown, or ``config.batch_size`` or
-      ``config.eval_batch_size`` does not divide by the number of devices.
+    ValueError: if ``config.loss`` is unknown,
+      ``config.learning_rate_decay_start`` is not in [0, 1], or
+      ``config.batch_size`` or ``config.eval_batch_size`` does not divide by
+      the number of devices.
   """
+  # Settings checked before any data is generated or read.
   loss_registry.get(config.loss)
+  learning_rate(config, num_steps=1)
   mesh = data_parallel_mesh()
   check_batch_divides('batch_size', config.batch_size, mesh)
   check_batch_divides('eval_batch_size', config.eval_batch_size, mesh)
@@ -527,7 +569,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   workdir.mkdir(parents=True, exist_ok=True)
   splits = input_pipeline.load_splits(config, workdir)
   model = create_model(config)
-  optimizer = create_optimizer(model, config)
+  optimizer = create_optimizer(
+      model, config,
+      input_pipeline.num_training_steps(len(splits['train']), config))
   checkpoints = _Checkpoints(workdir)
   progress = checkpoints.restore(model, optimizer) or {
       'best_valid_si_sdri': -np.inf, 'train_seconds': 0.0}

@@ -4,8 +4,8 @@ Both models are 2 x 300 BLSTM mask networks on a batch of 4 x 400 frames with
 129 bins, each step being the example's own `train.train_step` (STFT, the
 phase-sensitive mask loss, AutoClip and Adam), both with the batch-normalised
 input. The baseline stacks `nnx.Bidirectional(nnx.RNN(nnx.OptimizedLSTMCell),
-...)` layers; the other is `BLSTMNet` with a mask head. Steps of the two alternate so that
-machine load affects both alike, and medians are reported.
+...)` layers; the other is `BLSTMNet` with a mask head. Steps of the two
+alternate so that machine load affects both alike, and medians are reported.
 
 Usage:
   python -m benchmarks.bench_blstm   # from the repository root

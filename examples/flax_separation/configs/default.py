@@ -4,8 +4,8 @@ The main job with it (p=10 and p=100, trained at once: 2,000 steps each of
 batch 8 of 200-frame excerpts, 4 epochs of 4,000 mixtures) took 12 min 37 s
 from a fresh clone on 2 idle x86-64 cores, install, data generation and
 evaluation included; seed 0 reached 2.08 and 1.99 dB test SI-SDRi, and
-seeds 0-2 2.88 +- 0.74 and 2.69 +- 0.60 dB (RESULTS.md). Measured to choose it (test SI-SDRi, seed 0,
-p=10 / p=100 unless it says otherwise):
+seeds 0-2 2.88 +- 0.74 and 2.69 +- 0.60 dB (RESULTS.md). Measured to choose
+it (test SI-SDRi, seed 0, p=10 / p=100 unless it says otherwise):
 
 * batch normalisation of the input (`normalize_input`), after 500 steps:
   1.49 / 1.70 dB validation SI-SDRi with it, 0.92 / 0.58 dB without;
@@ -47,9 +47,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_layers = 2
   config.hidden_size = 128
   # Batch normalisation of each frequency of the input log magnitude, as in
-  # nussl's MaskInference (nussl: the paper's first author's library). Measured (seed 0,
-  # validation SI-SDRi after 500 steps): 1.70 / 1.49 dB for p=100 / p=10
-  # with it, 0.58 / 0.92 dB without.
+  # nussl's MaskInference (nussl: the paper's first author's library).
+  # Measured (seed 0, validation SI-SDRi after 500 steps): 1.70 / 1.49 dB
+  # for p=100 / p=10 with it, 0.58 / 0.92 dB without.
   config.normalize_input = True
   # Loss: a key of loss_registry.LOSSES (AutoClip eqs. 4-8).
   config.loss = 'mi'

@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from examples.flax_separation import averaging
 from examples.flax_separation import train
 from examples.flax_separation.configs import default
 
@@ -140,14 +141,19 @@ def autoclip_state(optimizer):
   return optax.tree_utils.tree_get(optimizer.opt_state, 'AutoClipState')
 
 
+def param_average_state(optimizer):
+  return optax.tree_utils.tree_get(optimizer.opt_state, 'ParamAverageState')
+
+
 def test_optimizer_is_autoclip_then_adam_skipping_nonfinite_steps():
   _, optimizer = tiny_model_and_optimizer()
   assert type(optimizer.opt_state).__name__ == 'ApplyIfFiniteState'
   assert type(autoclip_state(optimizer)).__name__ == 'AutoClipState'
+  assert type(param_average_state(optimizer)).__name__ == 'ParamAverageState'
   assert isinstance(optimizer, nnx.Optimizer)
 
 
-def test_nan_batch_is_skipped_and_autoclip_history_is_as_without_it():
+def test_nan_batch_is_skipped_and_optimizer_state_is_as_without_it():
   rng = np.random.default_rng(0)
   batches = [(sources.sum(axis=1), sources) for sources in
              rng.normal(size=(4, 2, 2, 640)).astype(np.float32)]
@@ -164,9 +170,12 @@ def test_nan_batch_is_skipped_and_autoclip_history_is_as_without_it():
   batch_stats = jax.tree.leaves(nnx.state(model, nnx.BatchStat))
   assert len(batch_stats) == 2  # The input normalisation's mean and var.
   assert all(np.isfinite(leaf).all() for leaf in params + batch_stats)
+  assert int(param_average_state(optimizer).count[...]) == 4
   for leaf, clean_leaf in zip(
-      jax.tree.leaves(autoclip_state(optimizer)) + params + batch_stats,
+      jax.tree.leaves(autoclip_state(optimizer))
+      + jax.tree.leaves(param_average_state(optimizer)) + params + batch_stats,
       jax.tree.leaves(autoclip_state(clean_optimizer))
+      + jax.tree.leaves(param_average_state(clean_optimizer))
       + jax.tree.leaves(nnx.state(clean_model, nnx.Param))
       + jax.tree.leaves(nnx.state(clean_model, nnx.BatchStat))):
     np.testing.assert_array_equal(leaf, clean_leaf)
@@ -259,3 +268,34 @@ def test_bad_learning_rate_decay_start_is_rejected_before_data_is_generated(
                      match=r'learning_rate_decay_start must be in \[0, 1\]'):
     train.train_and_evaluate(config, tmp_path / 'run')
   assert not (tmp_path / 'data').exists()
+
+
+def test_bad_param_average_decay_is_rejected_before_data_is_generated(
+    tmp_path):
+  config = tiny_config(tmp_path / 'data', 1)
+  config.param_average_decay = 1.0
+  with pytest.raises(ValueError, match=r'config.param_average_decay: decay '
+                     r'must be in \[0, 1\)'):
+    train.train_and_evaluate(config, tmp_path / 'run')
+  assert not (tmp_path / 'data').exists()
+
+
+def test_best_model_is_the_parameter_average_at_its_step(tmp_path, data_dir):
+  # One epoch of 4 steps, validated once, after its last step.
+  config = tiny_config(data_dir, 1)
+  config.checkpoint_every_steps = 4
+  config.param_average_decay = 0.5
+  train.train_and_evaluate(config, tmp_path / 'run')
+  model = train.create_model(config)
+  optimizer = train.create_optimizer(model, config, num_steps=4)
+  checkpoints = train._Checkpoints(tmp_path / 'run')
+  checkpoints.restore(model, optimizer)
+  expected = averaging.averaged_model(model, optimizer, 0.5)
+  best = train.create_model(config)
+  checkpoints.restore_best(best)
+  for leaf, expected_leaf, trained_leaf in zip(
+      jax.tree.leaves(nnx.state(best, nnx.Param)),
+      jax.tree.leaves(nnx.state(expected, nnx.Param)),
+      jax.tree.leaves(nnx.state(model, nnx.Param))):
+    np.testing.assert_array_equal(leaf, expected_leaf)
+    assert not np.array_equal(leaf, trained_leaf)

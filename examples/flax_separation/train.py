@@ -48,6 +48,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
 from autoclip_optax import autoclip
+from examples.flax_separation import averaging
 from examples.flax_separation import input_pipeline
 from examples.flax_separation import loss_registry
 from examples.flax_separation import metrics
@@ -136,9 +137,11 @@ def create_optimizer(model: nnx.Module, config: ml_collections.ConfigDict,
 
   Percentile 100 never clips (the paper's baseline). AutoClip never records
   a non-finite gradient norm, but passes the non-finite update on;
-  ``optax.apply_if_finite`` drops such a step whole (AutoClip's and Adam's
-  state included), and gives up after ``MAX_CONSECUTIVE_NONFINITE_STEPS``
-  in a row.
+  ``optax.apply_if_finite`` drops such a step whole (AutoClip's, Adam's and
+  the parameter average's state included), and gives up after
+  ``MAX_CONSECUTIVE_NONFINITE_STEPS`` in a row. The chain ends with
+  ``averaging.param_average(config.param_average_decay)``, the network a run
+  evaluates (``averaging.averaged_model``).
 
   Args:
     model: the network whose ``nnx.Param``s it updates.
@@ -153,7 +156,8 @@ def create_optimizer(model: nnx.Module, config: ml_collections.ConfigDict,
       optax.chain(
           autoclip(config.autoclip_percentile, config.autoclip_max_history,
                    min_history=config.autoclip_min_history),
-          optax.adam(learning_rate(config, num_steps))),
+          optax.adam(learning_rate(config, num_steps)),
+          averaging.param_average(config.param_average_decay)),
       max_consecutive_errors=MAX_CONSECUTIVE_NONFINITE_STEPS)
   return nnx.Optimizer(model, tx, wrt=nnx.Param)
 
@@ -546,6 +550,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict:
   """Trains, keeps the best model on validation, and evaluates it on test.
 
+  The model validated, kept and tested is the moving average of the
+  parameters (``config.param_average_decay``; 0 is the trained network).
+
   Args:
     config: hyperparameters, as in ``configs/default.py``.
     workdir: where everything is written; an existing run there resumes.
@@ -555,13 +562,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   Raises:
     ValueError: if ``config.loss`` is unknown,
-      ``config.learning_rate_decay_start`` is not in [0, 1], or
+      ``config.learning_rate_decay_start`` is not in [0, 1],
+      ``config.param_average_decay`` is not in [0, 1), or
       ``config.batch_size`` or ``config.eval_batch_size`` does not divide by
       the number of devices.
   """
   # Settings checked before any data is generated or read.
   loss_registry.get(config.loss)
   learning_rate(config, num_steps=1)
+  try:
+    averaging.param_average(config.param_average_decay)
+  except ValueError as error:
+    raise ValueError(f'config.param_average_decay: {error}') from error
   mesh = data_parallel_mesh()
   check_batch_divides('batch_size', config.batch_size, mesh)
   check_batch_divides('eval_batch_size', config.eval_batch_size, mesh)
@@ -584,14 +596,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                                    config.batch_size)
 
   def validate_and_save(step):
-    _, si_sdri = evaluate(model, splits['valid'], config.eval_batch_size,
+    averaged = averaging.averaged_model(model, optimizer,
+                                        config.param_average_decay)
+    _, si_sdri = evaluate(averaged, splits['valid'], config.eval_batch_size,
                           config.loss, mesh)
     valid_si_sdri = float(si_sdri.mean())
     with _open_log(validation_path) as log:
       log.write(json.dumps({'step': step, 'si_sdri': valid_si_sdri}) + '\n')
     if valid_si_sdri > progress['best_valid_si_sdri']:
       progress['best_valid_si_sdri'] = valid_si_sdri
-      checkpoints.save_best(step, model)
+      checkpoints.save_best(step, averaged)
     checkpoints.save(step, model, optimizer, progress)
 
   step = start_step

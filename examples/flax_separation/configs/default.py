@@ -62,6 +62,12 @@ def get_config() -> ml_collections.ConfigDict:
   # Share of the steps after which the rate follows a half cosine to 0;
   # 1.0 keeps it constant, as the paper trains.
   config.learning_rate_decay_start = 1.0
+  # Runs validate, keep and test the exponential moving average of the
+  # parameters with this decay (averaging.py); 0 uses the trained network,
+  # as the paper does. Chosen on validation (seed 0, best validation
+  # SI-SDRi of p=10 / p=100): 2.12 / 2.27 dB with 0, 2.47 / 2.61 with 0.99,
+  # 2.27 / 2.58 with 0.995, 2.00 / 2.31 with 0.998, 1.90 / 2.20 with 0.999.
+  config.param_average_decay = 0.99
   config.batch_size = 8
   # STFT frames per training excerpt (the paper: 400).
   config.excerpt_frames = 200

@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 from flax import nnx
 import jax
+import jax.numpy as jnp
 import optax
 
 
@@ -44,12 +45,22 @@ def param_average(decay: float) -> optax.GradientTransformation:
 
   Raises:
     ValueError: unless ``decay`` is in [0, 1).
+
+  Example:
+    >>> tx = optax.chain(optax.sgd(1.0), param_average(0.5))
+    >>> params = {'w': jnp.zeros(2)}
+    >>> state = tx.init(params)
+    >>> for _ in range(2):
+    ...   updates, state = tx.update({'w': -jnp.ones(2)}, state, params)
+    ...   params = optax.apply_updates(params, updates)
+    >>> print(params['w'], state[1].average['w'])
+    [2. 2.] [1.25 1.25]
   """
   if not 0 <= decay < 1:
     raise ValueError(f'decay must be in [0, 1), got {decay}')
 
   def init_fn(params):
-    return ParamAverageState(count=jax.numpy.zeros([], jax.numpy.int32),
+    return ParamAverageState(count=jnp.zeros([], jnp.int32),
                              average=optax.tree.zeros_like(params))
 
   def update_fn(updates, state, params=None):
@@ -78,13 +89,18 @@ def averaged_model(model: nnx.Module, optimizer: nnx.Optimizer,
     The copy; ``model`` itself is not changed. With ``decay`` 0, or before
     any step, the copy's parameters are ``model``'s, bit for bit.
   """
-  state = optax.tree_utils.tree_get(optimizer.opt_state, 'ParamAverageState')
   averaged = nnx.clone(model)
-  count = state.count[...]
-  if decay == 0 or int(count) == 0:
+  if decay == 0:
     return averaged
+  state = optax.tree_utils.tree_get(optimizer.opt_state, 'ParamAverageState')
+  count = state.count[...]
   params = nnx.state(averaged, nnx.Param)
-  nnx.replace_by_pure_dict(params, optax.tree_utils.tree_bias_correction(
-      nnx.to_pure_dict(nnx.as_pure(state.average)), decay, count))
+  # Selected on the device, not branched on the host: on several hosts the
+  # count spans other processes' devices, and `int(count)` would fail.
+  nnx.replace_by_pure_dict(params, jax.tree.map(
+      lambda average, trained: jnp.where(count > 0, average, trained),
+      optax.tree_utils.tree_bias_correction(
+          nnx.to_pure_dict(nnx.as_pure(state.average)), decay, count),
+      nnx.to_pure_dict(params)))
   nnx.update(averaged, params)
   return averaged

@@ -4,9 +4,9 @@ The main job with it (p=10 and p=100, trained at once: 2,000 steps each of
 batch 8 of 200-frame excerpts, 4 epochs of 4,000 mixtures) took 12 min 26 s
 from a fresh clone on 2 idle x86-64 cores, install, data generation and
 evaluation included; seed 0 reached 2.69 and 2.78 dB test SI-SDRi, and
-seeds 0-2 3.28 +- 0.55 and 2.95 +- 0.15 dB (RESULTS.md). Measured to choose it
-(test SI-SDRi, seed 0, p=10 / p=100 unless it says otherwise; the items
-before the parameter average were measured without it):
+seeds 0-2 3.28 +- 0.55 and 2.95 +- 0.15 dB (RESULTS.md). Measured to
+choose it (test SI-SDRi, seed 0, p=10 / p=100 unless it says otherwise; the
+items after the first were measured without the parameter average):
 
 * the moving average of the parameters with decay 0.99 (`averaging.py`),
   validated, kept and tested: 2.69 / 2.78 dB, against 2.08 / 1.99 for the
@@ -72,9 +72,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.learning_rate_decay_start = 1.0
   # Runs validate, keep and test the exponential moving average of the
   # parameters with this decay (averaging.py); 0 uses the trained network,
-  # as the paper does. Chosen on validation (seed 0, best validation
-  # SI-SDRi of p=10 / p=100): 2.12 / 2.27 dB with 0, 2.47 / 2.61 with 0.99,
-  # 2.27 / 2.58 with 0.995, 2.00 / 2.31 with 0.998, 1.90 / 2.20 with 0.999.
+  # as the paper does (it mentions no average). Chosen on validation (seed
+  # 0, best validation SI-SDRi of p=10 / p=100): 2.12 / 2.27 dB with 0,
+  # 2.47 / 2.61 with 0.99, 2.27 / 2.58 with 0.995, 2.00 / 2.31 with 0.998,
+  # 1.90 / 2.20 with 0.999.
   config.param_average_decay = 0.99
   config.batch_size = 8
   # STFT frames per training excerpt (the paper: 400).

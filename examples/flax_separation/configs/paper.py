@@ -17,7 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.update(num_train=20000, num_valid=5000, num_test=3000,
                 num_layers=4, hidden_size=600, learning_rate=1e-3,
                 batch_size=25, excerpt_frames=400, num_epochs=100)
-  # The paper evaluates the trained network, not an average of it.
+  # The paper mentions no parameter average: the trained network is tested.
   config.update(param_average_decay=0.0)
   config.update(checkpoint_every_steps=1000, eval_batch_size=25)
   return config

@@ -72,20 +72,14 @@ def test_averaged_model_is_the_bias_corrected_average_of_the_trained_one():
   assert not np.array_equal(_leaves(averaged, nnx.Param)[0], history[-1][0])
 
 
-def test_decay_zero_averages_to_the_trained_network_itself():
-  model, optimizer, _ = _params_after_each_step(0.0, 3)
-  averaged = averaging.averaged_model(model, optimizer, 0.0)
+@pytest.mark.parametrize('decay, num_steps', [(0.0, 3), (0.99, 0)])
+def test_averaged_model_is_the_trained_network_with_decay_zero_or_no_step(
+    decay, num_steps):
+  model, optimizer, _ = _params_after_each_step(decay, num_steps)
+  averaged = averaging.averaged_model(model, optimizer, decay)
   for leaf, trained in zip(_leaves(averaged, nnx.Param),
                            _leaves(model, nnx.Param)):
     np.testing.assert_array_equal(leaf, trained)
-
-
-def test_averaged_model_before_any_step_is_the_initial_network():
-  model, optimizer, _ = _params_after_each_step(0.99, 0)
-  averaged = averaging.averaged_model(model, optimizer, 0.99)
-  for leaf, initial in zip(_leaves(averaged, nnx.Param),
-                           _leaves(model, nnx.Param)):
-    np.testing.assert_array_equal(leaf, initial)
 
 
 @pytest.mark.parametrize('decay', [-0.1, 1.0])

@@ -260,22 +260,17 @@ def test_unknown_loss_is_rejected_before_data_is_generated(tmp_path):
   assert not (tmp_path / 'data').exists()
 
 
-def test_bad_learning_rate_decay_start_is_rejected_before_data_is_generated(
-    tmp_path):
+@pytest.mark.parametrize('setting, value, message', [
+    ('learning_rate_decay_start', 2.0,
+     r'learning_rate_decay_start must be in \[0, 1\]'),
+    ('param_average_decay', 1.0,
+     r'config.param_average_decay: decay must be in \[0, 1\)'),
+])
+def test_bad_decay_setting_is_rejected_before_data_is_generated(
+    tmp_path, setting, value, message):
   config = tiny_config(tmp_path / 'data', 1)
-  config.learning_rate_decay_start = 2.0
-  with pytest.raises(ValueError,
-                     match=r'learning_rate_decay_start must be in \[0, 1\]'):
-    train.train_and_evaluate(config, tmp_path / 'run')
-  assert not (tmp_path / 'data').exists()
-
-
-def test_bad_param_average_decay_is_rejected_before_data_is_generated(
-    tmp_path):
-  config = tiny_config(tmp_path / 'data', 1)
-  config.param_average_decay = 1.0
-  with pytest.raises(ValueError, match=r'config.param_average_decay: decay '
-                     r'must be in \[0, 1\)'):
+  config[setting] = value
+  with pytest.raises(ValueError, match=message):
     train.train_and_evaluate(config, tmp_path / 'run')
   assert not (tmp_path / 'data').exists()
 

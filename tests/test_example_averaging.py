@@ -93,3 +93,8 @@ def test_param_average_needs_the_params():
   params = {'w': np.ones(3, np.float32)}
   with pytest.raises(ValueError, match='needs the parameters'):
     transform.update(params, transform.init(params))
+
+
+def test_param_average_with_decay_zero_keeps_no_state():
+  params = {'w': np.ones((3, 4), np.float32)}
+  assert jax.tree.leaves(averaging.param_average(0.0).init(params)) == []

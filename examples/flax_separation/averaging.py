@@ -36,12 +36,12 @@ def param_average(decay: float) -> optax.GradientTransformation:
   """Keeps an exponential moving average of the parameters after each step.
 
   Args:
-    decay: the weight of the previous average, in [0, 1); 0 keeps the latest
-      parameters, so that the "average" is the trained network itself.
+    decay: the weight of the previous average, in [0, 1); 0 keeps no average
+      (the trained network is its own "average").
 
   Returns:
     An `optax.GradientTransformation` that returns its updates unchanged and
-    needs the parameters.
+    needs the parameters; with ``decay`` 0, `optax.identity()`.
 
   Raises:
     ValueError: unless ``decay`` is in [0, 1).
@@ -58,6 +58,8 @@ def param_average(decay: float) -> optax.GradientTransformation:
   """
   if not 0 <= decay < 1:
     raise ValueError(f'decay must be in [0, 1), got {decay}')
+  if decay == 0:
+    return optax.identity()
 
   def init_fn(params):
     return ParamAverageState(count=jnp.zeros([], jnp.int32),
@@ -83,7 +85,8 @@ def averaged_model(model: nnx.Module, optimizer: nnx.Optimizer,
     model: the trained network; its other state (the input normalisation's
       running statistics) is copied as it is.
     optimizer: its optimizer, whose chain holds one `param_average`.
-    decay: that `param_average`'s decay, to correct the average's bias.
+    decay: that `param_average`'s decay, to correct the average's bias; 0
+      (no average kept) copies ``model`` as it is.
 
   Returns:
     The copy; ``model`` itself is not changed. With ``decay`` 0, or before

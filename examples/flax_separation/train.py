@@ -141,7 +141,7 @@ def create_optimizer(model: nnx.Module, config: ml_collections.ConfigDict,
   the parameter average's state included), and gives up after
   ``MAX_CONSECUTIVE_NONFINITE_STEPS`` in a row. The chain ends with
   ``averaging.param_average(config.param_average_decay)``, the network a run
-  evaluates (``averaging.averaged_model``).
+  evaluates (``averaging.averaged_model``); decay 0 keeps no average.
 
   Args:
     model: the network whose ``nnx.Param``s it updates.

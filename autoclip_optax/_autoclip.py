@@ -1,6 +1,5 @@
 """AutoClip: clip by global norm to a percentile of the norms seen so far."""
 
-import functools
 from typing import NamedTuple
 
 import chex
@@ -14,7 +13,7 @@ from autoclip_optax import _history
 from autoclip_optax import _percentile
 
 # 100k norms cover the paper's whole-history runs (~80k steps) and cost
-# 800 KB of state: two float32 slots (ring buffer and sorted copy) per norm.
+# 800 KB of state: a float32 norm and its int32 rank per slot.
 DEFAULT_MAX_HISTORY = 100_000
 
 
@@ -23,7 +22,7 @@ class AutoClipState(NamedTuple):
 
   Shapes are those of the default global mode. With ``group_by``, every field
   gains a leading axis of ``num_groups``, one row per group: the scalars
-  become ``[num_groups]``, ``history`` and ``sorted_history``
+  become ``[num_groups]``, ``history`` and ``ranks``
   ``[num_groups, max_history]``.
 
   Attributes:
@@ -37,8 +36,13 @@ class AutoClipState(NamedTuple):
       are recorded.
     history: float32 ``[max_history]`` ring buffer of recorded norms, oldest
       overwritten first; slots not yet written hold ``+inf``.
-    sorted_history: float32 ``[max_history]``, the values of ``history``
-      sorted ascending, kept up to date incrementally.
+    ranks: int32 ``[max_history]``, the rank of each slot of ``history`` in
+      ascending order (ties broken by slot; unwritten slots rank last), so
+      that a percentile is read without sorting. The newest slot's entry is
+      -1: its rank is ``newest_rank``, written into ``ranks`` one step
+      later, when the pass that ranks the next norm comes by.
+    newest_rank: int32, the rank of the newest slot, ``next_slot - 1``
+      (modulo ``max_history``).
     oldest: float32, the value of ``history`` that the next recorded norm
       replaces. Carried from the last step so that the next one never reads
       ``history`` before writing it: XLA then updates it in place.
@@ -55,7 +59,8 @@ class AutoClipState(NamedTuple):
   grad_norm: chex.Array
   threshold: chex.Array
   history: chex.Array
-  sorted_history: chex.Array
+  ranks: chex.Array
+  newest_rank: chex.Array
   oldest: chex.Array
   next_slot: chex.Array
   num_clipped: chex.Array
@@ -73,21 +78,22 @@ def _empty_state(max_history, num_groups) -> AutoClipState:
 
 
 def _record_and_threshold(state, grad_norm, percentile, min_history):
-  """One group's step: records a finite norm, returns scale and new state.
+  """Records the finite norms, returns the scale and the new state.
 
   Args:
-    state: the group's :class:`AutoClipState`, global-mode shapes.
-    grad_norm: float32 scalar, the group's norm at this step.
+    state: an :class:`AutoClipState`, one window or a batch of them.
+    grad_norm: float32, each window's norm at this step.
     percentile: a number or float32 scalar, clipped to [0, 100].
     min_history: how many finite norms must be recorded before clipping.
 
   Returns:
-    The factor to multiply the group's updates by, and the new state.
+    The factor to multiply each window's updates by, and the new state.
   """
   finite = jnp.isfinite(grad_norm)
-  history = _history.record(_history.of(state), grad_norm)
-  threshold = jnp.where(history.count >= min_history,
-                        _history.percentile(history, percentile), jnp.inf)
+  history, window_percentile = _history.record(_history.of(state), grad_norm,
+                                               percentile)
+  threshold = jnp.where(history.count >= min_history, window_percentile,
+                        jnp.inf)
   above = grad_norm > threshold
   # Division-free when not clipping; threshold 0 gives 0, not 0/0.
   scale = jnp.where(above, threshold / grad_norm, 1.0)
@@ -217,14 +223,11 @@ def autoclip(
           f'state was initialised with {state.count.shape[0]}: the params '
           'given to init and the updates must have the same structure')
     leaves, treedef = jax.tree.flatten(updates)
-    step = functools.partial(_record_and_threshold, percentile=percentile,
-                             min_history=min_history)
     grad_norms = _groups.group_norms(leaves, group_of_leaf, num_groups)
-    if group_by is None:
-      scale, state = step(state, grad_norms[0])
-    else:
-      # One trace for all groups, their windows updated in one batch.
-      scale, state = jax.vmap(step)(state, grad_norms)
+    # All groups' windows in one batch: one pass for them all.
+    scale, state = _record_and_threshold(
+        state, grad_norms if group_by is not None else grad_norms[0],
+        percentile, min_history)
     scale = jnp.atleast_1d(scale)
     clipped = [leaf * scale[group].astype(leaf.dtype)
                for leaf, group in zip(leaves, group_of_leaf)]

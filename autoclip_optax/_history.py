@@ -1,9 +1,10 @@
-"""The history of gradient norms: a ring buffer and its sorted copy.
+"""The history of gradient norms: a ring buffer and the rank of each slot.
 
 Every transform that clips or skips against a percentile of past norms keeps
-the same five fields in its state and updates them the same way: the ring
-buffer says which norm is the oldest, the sorted copy gives any percentile by
-index. This module is that one piece of code; the states hold its fields flat
+the same six fields in its state and updates them the same way: the ring
+buffer says which norm is the oldest, the ranks give any percentile in the
+same pass that records a norm (see ``_window``). This module is that one
+piece of code; the states hold its fields flat
 (so that ``optax.tree_utils.tree_get(state, 'history')`` finds them), and
 :func:`of` and :meth:`NormHistory._asdict` move between the two.
 
@@ -16,8 +17,6 @@ host, outside ``jit``.
 """
 
 from typing import NamedTuple
-
-from collections.abc import Sequence
 
 import chex
 import jax
@@ -34,7 +33,8 @@ class NormHistory(NamedTuple):
 
   count: chex.Array
   history: chex.Array
-  sorted_history: chex.Array
+  ranks: chex.Array
+  newest_rank: chex.Array
   oldest: chex.Array
   next_slot: chex.Array
 
@@ -46,74 +46,85 @@ def of(state) -> NormHistory:
 
 def empty(max_history: int, batch_shape: tuple[int, ...]) -> NormHistory:
   """A history with nothing recorded, one per ``batch_shape`` entry."""
-
-  def full(shape, value, dtype=jnp.float32):
-    # Separate buffers, so that the state can be donated.
-    return jnp.full(batch_shape + shape, value, dtype)
-
+  ranks, newest_rank = _window.initial_ranks(batch_shape, max_history)
+  # Separate buffers, so that the state can be donated.
   return NormHistory(
-      count=full((), 0, jnp.int32),
-      history=full((max_history,), jnp.inf),
-      sorted_history=full((max_history,), jnp.inf),
-      oldest=full((), jnp.inf),
-      next_slot=full((), 0, jnp.int32),
+      count=jnp.zeros(batch_shape, jnp.int32),
+      history=jnp.full(batch_shape + (max_history,), jnp.inf, jnp.float32),
+      ranks=ranks,
+      newest_rank=newest_rank,
+      oldest=jnp.full(batch_shape, jnp.inf, jnp.float32),
+      next_slot=jnp.zeros(batch_shape, jnp.int32),
   )
 
 
-def record(history: NormHistory, norm: jax.Array) -> NormHistory:
-  """Records ``norm`` if it is finite, overwriting the oldest when full.
+def _clipped_percentile(percentile_value) -> jax.Array:
+  """A traced percentile may be out of range: [0, 100], NaN counting as 100."""
+  return jnp.clip(
+      jnp.nan_to_num(jnp.asarray(percentile_value, jnp.float32), nan=100.0),
+      0.0, 100.0)
+
+
+def record(history: NormHistory, norm: jax.Array,
+           percentile_value) -> tuple[NormHistory, jax.Array]:
+  """Records ``norm`` if finite, and takes a percentile of the new window.
 
   Args:
-    history: one history (no batch axis; ``jax.vmap`` for a batch).
-    norm: float32 scalar.
+    history: a history; with a batch of windows, ``norm`` has the batch
+      shape.
+    norm: float32, the norm to record, the oldest one leaving when the window
+      is full; a NaN or an infinity changes nothing.
+    percentile_value: a number or float32 (a scalar, or of the batch
+      shape); a traced one may be out of range, so it is clipped to
+      [0, 100], NaN counting as 100.
 
   Returns:
-    The new history.
+    The new history, and the ``percentile_value``-th percentile of its
+    recorded norms (float32, as ``np.percentile``; ``+inf`` when none is
+    recorded).
   """
   max_history = history.history.shape[-1]
   finite = jnp.isfinite(norm)
-  leaving = history.oldest
-  # A non-finite norm swaps the leaving value for itself: nothing changes.
-  arriving = jnp.where(finite, norm, leaving)
-  ring = jax.lax.dynamic_update_index_in_dim(history.history, arriving,
-                                             history.next_slot, axis=0)
+  count = jnp.where(finite, optax.safe_increment(history.count),
+                    history.count)
+  num_filled = jnp.minimum(count, max_history)
+  lower, upper, weight = _percentile.ranks_and_weight(
+      _clipped_percentile(percentile_value), num_filled)
+  replaced = _window.replace_and_select(
+      history.history, history.ranks, history.newest_rank,
+      history.next_slot, history.oldest, norm, finite, lower, upper)
   next_slot = jnp.where(finite, (history.next_slot + 1) % max_history,
                         history.next_slot)
   return NormHistory(
-      count=jnp.where(finite, optax.safe_increment(history.count),
-                      history.count),
-      history=ring,
-      sorted_history=_window.replace_in_sorted(history.sorted_history,
-                                               leaving, arriving),
-      oldest=ring[next_slot],
+      count=count,
+      history=replaced.values,
+      ranks=replaced.ranks,
+      newest_rank=replaced.newest_rank,
+      oldest=replaced.next_leaving,
       next_slot=next_slot,
-  )
+  ), _percentile.interpolate(replaced.lower_value, replaced.upper_value,
+                             weight, num_filled)
 
 
 def percentile(history: NormHistory, percentile_value) -> jax.Array:
   """The ``percentile_value``-th percentile of the recorded norms.
 
   Args:
-    history: one history (no batch axis).
-    percentile_value: a number or float32 scalar; a traced one may be out of
-      range, so it is clipped to [0, 100], NaN counting as 100.
+    history: a history.
+    percentile_value: as for :func:`record`.
 
   Returns:
     float32, as ``np.percentile`` over the recorded norms; ``+inf`` when none
     is recorded.
   """
-  clipped = jnp.clip(
-      jnp.nan_to_num(jnp.asarray(percentile_value, jnp.float32), nan=100.0),
-      0.0, 100.0)
-  num_filled = jnp.minimum(history.count, history.history.shape[-1])
-  return _percentile.sorted_percentile(history.sorted_history, num_filled,
-                                       clipped)
-
+  return record(history, jnp.full(history.count.shape, jnp.nan, jnp.float32),
+                percentile_value)[1]
 
 
 def _from_norms(norms: np.ndarray, max_history: int) -> NormHistory:
   """The history left by recording ``norms`` one by one into an empty one."""
-  finite = norms[np.isfinite(norms)].astype(np.float32)
+  as_float32 = norms.astype(np.float32)  # As a step computes them.
+  finite = as_float32[np.isfinite(as_float32)]
   kept = finite[len(finite) - min(len(finite), max_history):]
   ring = np.full(max_history, np.inf, np.float32)
   ring[:len(kept)] = kept
@@ -121,10 +132,17 @@ def _from_norms(norms: np.ndarray, max_history: int) -> NormHistory:
   if len(finite) >= max_history:
     # The oldest kept norm sits where the next one will be written.
     ring = np.roll(ring, next_slot)
+  slots = np.arange(max_history)
+  ranks = np.empty(max_history, np.int32)
+  ranks[np.lexsort((slots, ring))] = slots
+  newest = (next_slot - 1) % max_history
+  newest_rank = ranks[newest]
+  ranks[newest] = _window.PLACEHOLDER_RANK
   return NormHistory(
       count=np.int32(min(len(finite), np.iinfo(np.int32).max)),
       history=ring,
-      sorted_history=np.sort(ring),
+      ranks=ranks,
+      newest_rank=np.int32(newest_rank),
       oldest=ring[next_slot],
       next_slot=np.int32(next_slot),
   )
@@ -170,8 +188,8 @@ def _seeded(history: NormHistory, norms) -> NormHistory:
 def with_history(state, norms):
   """Returns ``state`` with its window holding the last finite ``norms``.
 
-  The window (``history``, ``sorted_history``, ``oldest``, ``next_slot``
-  and ``count``) becomes exactly what recording ``norms`` one by one into a
+  The window (``history``, ``ranks``, ``newest_rank``, ``oldest``,
+  ``next_slot`` and ``count``) becomes exactly what recording ``norms`` one by one into a
   fresh state gives, so the next step is the same, bit for bit. Other
   fields (the last threshold, the counters, a wrapped inner state) are kept.
   Runs on the host: call it outside ``jit``.
@@ -195,8 +213,8 @@ def with_history(state, norms):
     >>> from autoclip_optax import autoclip, with_history
     >>> tx = autoclip(50.0, max_history=3)
     >>> state = with_history(tx.init({'w': jnp.zeros(1)}), [4.0, 1.0, 2.0, 3.0])
-    >>> print(state.count, state.sorted_history)
-    4 [1. 2. 3.]
+    >>> print(state.count, state.history)
+    4 [3. 1. 2.]
   """
   if not _histories(state):
     raise ValueError(

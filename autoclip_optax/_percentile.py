@@ -1,4 +1,4 @@
-"""The percentile of a sorted window, as ``np.percentile`` computes it.
+"""The percentile of a window, as ``np.percentile`` computes it.
 
 NumPy's default ("linear") percentile of ``n`` values sits at the virtual
 index ``rank = percentile / 100 * (n - 1)`` and interpolates between the two
@@ -64,29 +64,42 @@ def _rank(percentile: jax.Array,
   return lower, weight
 
 
-def sorted_percentile(sorted_values: jax.Array, num_filled: jax.Array,
-                      percentile: jax.Array) -> jax.Array:
-  """The ``percentile``-th percentile of the first ``num_filled`` values.
-
-  Matches ``np.percentile(sorted_values[:num_filled], percentile)`` (linear
-  interpolation, NumPy's default) to float32 precision.
+def ranks_and_weight(
+    percentile: jax.Array,
+    num_filled: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Where the ``percentile``-th percentile of ``num_filled`` values sits.
 
   Args:
-    sorted_values: 1-D float32 array whose first ``num_filled`` entries are
-      sorted ascending; the rest are ignored.
-    num_filled: int32 scalar, how many leading entries count.
-    percentile: scalar in [0, 100].
+    percentile: float32 in [0, 100]; any shape.
+    num_filled: int32 in [0, 2**24], how many values there are; same shape.
 
   Returns:
-    A float32 scalar; ``+inf`` when ``num_filled`` is 0.
+    The ranks (int32) of the two order statistics to interpolate between,
+    and the weight (float32 in [0, 1)) of the upper one.
   """
   last_index = jnp.maximum(num_filled - 1, 0).astype(jnp.int32)
   lower, weight = _rank(jnp.asarray(percentile, jnp.float32), last_index)
-  upper = jnp.minimum(lower + 1, last_index)
-  below = sorted_values[lower]
-  above = sorted_values[upper]
+  return lower, jnp.minimum(lower + 1, last_index), weight
+
+
+def interpolate(lower_value: jax.Array, upper_value: jax.Array,
+                weight: jax.Array, num_filled: jax.Array) -> jax.Array:
+  """The percentile from the two order statistics around it.
+
+  Matches ``np.percentile`` (linear interpolation, NumPy's default) to
+  float32 precision.
+
+  Args:
+    lower_value: the order statistic of the lower rank.
+    upper_value: that of the upper rank.
+    weight: the upper one's weight, from :func:`ranks_and_weight`.
+    num_filled: how many values there are.
+
+  Returns:
+    The percentile; ``+inf`` where ``num_filled`` is 0.
+  """
   # NumPy's _lerp: interpolate from the nearer end for monotone rounding.
-  gap = above - below
-  value = jnp.where(weight >= 0.5, above - gap * (1 - weight),
-                    below + gap * weight)
+  gap = upper_value - lower_value
+  value = jnp.where(weight >= 0.5, upper_value - gap * (1 - weight),
+                    lower_value + gap * weight)
   return jnp.where(num_filled > 0, value, jnp.inf)

@@ -23,7 +23,7 @@ from autoclip_optax import _percentile
 class SkipSpikesState(NamedTuple):
   """State of :func:`skip_spikes`.
 
-  The window's fields (``count``, ``history``, ``sorted_history``,
+  The window's fields (``count``, ``history``, ``ranks``, ``newest_rank``,
   ``oldest``, ``next_slot``) are those of :class:`AutoClipState`, over the
   norms of the steps that went through.
 
@@ -31,7 +31,8 @@ class SkipSpikesState(NamedTuple):
     inner_state: the wrapped transform's state; unchanged by skipped steps.
     count: int32, norms recorded (steps that went through) since ``init``.
     history: float32 ``[max_history]`` ring buffer of recorded norms.
-    sorted_history: float32 ``[max_history]``, ``history`` sorted.
+    ranks: int32 ``[max_history]``, the rank of each slot of ``history``.
+    newest_rank: int32, the rank of the newest slot.
     oldest: float32, the value of ``history`` the next norm replaces.
     next_slot: int32, the slot of ``history`` the next norm is written to.
     spike_threshold: float32, the norm above which the last step counted as
@@ -47,7 +48,8 @@ class SkipSpikesState(NamedTuple):
   inner_state: optax.OptState
   count: chex.Array
   history: chex.Array
-  sorted_history: chex.Array
+  ranks: chex.Array
+  newest_rank: chex.Array
   oldest: chex.Array
   next_slot: chex.Array
   spike_threshold: chex.Array
@@ -152,7 +154,8 @@ def skip_spikes(
                            inner_updates)
     inner_state = jax.tree.map(lambda old, new: jnp.where(skip, old, new),
                                state.inner_state, inner_state)
-    recorded = _history.record(history, jnp.where(skip, jnp.nan, norm))
+    recorded, _ = _history.record(history, jnp.where(skip, jnp.nan, norm),
+                                  percentile)
     return updates, SkipSpikesState(
         inner_state=inner_state,
         spike_threshold=spike_threshold,

@@ -73,3 +73,20 @@ def grouped_autoclip_reference(update_sequence, percentiles, max_history,
                for part in clipped_parts for name, leaf in part.items()}
     steps.append((clipped, list(norms), list(thresholds), list(windows)))
   return steps
+
+
+def ranks_of(ring) -> np.ndarray:
+  """The rank of each slot of ``ring`` in ascending (value, slot) order."""
+  order = sorted(range(len(ring)), key=lambda slot: (float(ring[slot]), slot))
+  ranks = np.empty(len(ring), np.int64)
+  ranks[order] = np.arange(len(ring))
+  return ranks
+
+
+def assert_ranks_match(history, ranks, newest_rank, next_slot):
+  """Asserts that a window's ranks are those of its ring, newest held apart."""
+  history, ranks = np.asarray(history), np.array(ranks)
+  newest = (int(next_slot) - 1) % len(history)
+  assert ranks[newest] == -1
+  ranks[newest] = newest_rank
+  np.testing.assert_array_equal(ranks, ranks_of(history))

@@ -1,6 +1,4 @@
-"""Tests for the sorted-window update, against NumPy's sort."""
-
-import functools
+"""Tests for the ranked window, against a plain Python ring and sort."""
 
 import jax
 import jax.numpy as jnp
@@ -8,139 +6,89 @@ import numpy as np
 import pytest
 
 from autoclip_optax import _window
+from tests.autoclip_reference import assert_ranks_match
 
-replace_in_sorted = jax.jit(_window.replace_in_sorted)
-
-
-def numpy_replace(sorted_values, leaving, arriving):
-  values = list(sorted_values)
-  values.remove(leaving)
-  return np.sort(np.array(values + [arriving], np.float32))
+replace_and_select = jax.jit(_window.replace_and_select)
 
 
-@pytest.mark.parametrize('block_size', [1, 3, 16, 4096])
-@pytest.mark.parametrize('size', [1, 2, 5, 64, 1001])
-def test_random_replacements_match_numpy(size, block_size):
-  rng = np.random.default_rng(size)
-  replace = jax.jit(functools.partial(_window.replace_in_sorted_blockwise,
-                                      block_size=block_size))
-  # Few distinct values, so ties are common; spread, so ranges are long.
-  window = np.sort(rng.integers(0, 7, size).astype(np.float32))
-  for _ in range(100):
-    leaving = window[rng.integers(size)]
-    arriving = np.float32(rng.integers(-1, 8) + rng.choice([0.0, 0.5]))
-    expected = numpy_replace(window, leaving, arriving)
-    window = np.asarray(replace(window, leaving, arriving))
-    np.testing.assert_array_equal(window, expected)
+def empty_window(size, batch_shape=()):
+  ranks, newest_rank = _window.initial_ranks(batch_shape, size)
+  return (jnp.full(batch_shape + (size,), jnp.inf, jnp.float32), ranks,
+          newest_rank, jnp.zeros(batch_shape, jnp.int32))
+
+
+def numpy_order_statistic(ring, rank):
+  return np.sort(np.asarray(ring, np.float32))[rank]
 
 
 @pytest.mark.parametrize('size', [1, 2, 5, 64, 1001])
-def test_elementwise_random_replacements_match_numpy(size):
+def test_random_replacements_match_numpy(size):
   rng = np.random.default_rng(size)
-  replace = jax.jit(_window.replace_in_sorted_elementwise)
-  # Ties, infinite padding, and arriving values past both ends.
-  window = np.sort(np.where(rng.random(size) < 0.3, np.inf,
-                            rng.integers(0, 7, size)).astype(np.float32))
-  for _ in range(100):
-    leaving = window[rng.integers(size)]
-    arriving = np.float32(rng.choice([rng.integers(-1, 8), 2.5, np.inf]))
-    expected = numpy_replace(window, leaving, arriving)
-    window = np.asarray(replace(window, leaving, arriving))
-    np.testing.assert_array_equal(window, expected)
+  values, ranks, newest_rank, slot = empty_window(size)
+  ring = np.full(size, np.inf, np.float32)
+  # Few distinct values, so that ties are common; infinite slots; values
+  # past both ends; and steps that record nothing.
+  for _ in range(150):
+    recorded = rng.random() > 0.1
+    arriving = np.float32(rng.choice([rng.integers(0, 7), 2.5, 0.0, 1e30]))
+    lower, upper = sorted(rng.integers(0, size, 2))
+    result = replace_and_select(
+        values, ranks, newest_rank, slot, ring[int(slot)], arriving,
+        recorded, np.int32(lower), np.int32(upper))
+    if recorded:
+      ring[int(slot)] = arriving
+      slot = (slot + 1) % size
+    np.testing.assert_array_equal(result.values, ring)
+    assert_ranks_match(ring, result.ranks, result.newest_rank, slot)
+    assert result.lower_value == numpy_order_statistic(ring, lower)
+    assert result.upper_value == numpy_order_statistic(ring, upper)
+    assert result.next_leaving == ring[int(slot)]
+    values, ranks, newest_rank = result.values, result.ranks, result.newest_rank
 
 
-def test_elementwise_batch_replaces_in_each_like_numpy():
+def test_batch_of_windows_replaces_in_each_like_numpy():
   rng = np.random.default_rng(0)
-  replace = jax.jit(_window.replace_in_sorted_elementwise)
-  windows = np.sort(rng.integers(0, 7, (3, 50)).astype(np.float32), axis=1)
-  for _ in range(50):
-    leaving = windows[np.arange(3), rng.integers(50, size=3)]
-    arriving = rng.integers(-1, 8, 3).astype(np.float32)
-    expected = [numpy_replace(*row) for row in zip(windows, leaving, arriving)]
-    windows = np.asarray(replace(windows, leaving, arriving))
-    np.testing.assert_array_equal(windows, expected)
+  values, ranks, newest_rank, slots = empty_window(7, (3,))
+  rings = np.full((3, 7), np.inf, np.float32)
+  for _ in range(60):
+    recorded = rng.random(3) > 0.2
+    arriving = rng.integers(0, 5, 3).astype(np.float32)
+    lower = rng.integers(0, 7, 3).astype(np.int32)
+    result = replace_and_select(
+        values, ranks, newest_rank, slots, rings[np.arange(3), slots],
+        arriving, recorded, lower, lower)
+    rings[np.arange(3)[recorded], slots[recorded]] = arriving[recorded]
+    slots = np.where(recorded, (slots + 1) % 7, slots)
+    for row in range(3):
+      np.testing.assert_array_equal(result.values[row], rings[row])
+      assert_ranks_match(rings[row], result.ranks[row],
+                         result.newest_rank[row], slots[row])
+      assert result.lower_value[row] == numpy_order_statistic(
+          rings[row], lower[row])
+    values, ranks, newest_rank = result.values, result.ranks, result.newest_rank
 
 
-def test_elementwise_and_blockwise_agree_bit_for_bit_on_signed_zeros():
-  rng = np.random.default_rng(0)
-  blockwise = jax.jit(functools.partial(_window.replace_in_sorted_blockwise,
-                                        block_size=3))
-  elementwise = jax.jit(_window.replace_in_sorted_elementwise)
-  # -0.0 == 0.0: which of the equal values moves is decided by position.
-  window = np.array([-1, -0.0, 0.0, -0.0, 0.0, 1, 1, 2], np.float32)
-  for _ in range(200):
-    leaving = window[rng.integers(window.size)]
-    arriving = rng.choice(np.float32([-0.0, 0.0, 1, -1, 3]))
-    expected = np.asarray(blockwise(window, leaving, arriving))
-    window = np.asarray(elementwise(window, leaving, arriving))
-    np.testing.assert_array_equal(window.view(np.uint32),
-                                  expected.view(np.uint32))
+def test_not_recorded_changes_nothing():
+  values, ranks, newest_rank, slot = empty_window(4)
+  for arriving in [3.0, 1.0]:
+    result = replace_and_select(values, ranks, newest_rank, slot, np.inf,
+                                np.float32(arriving), True, np.int32(0),
+                                np.int32(1))
+    values, ranks, newest_rank = result.values, result.ranks, result.newest_rank
+    slot = slot + 1
+  unchanged = replace_and_select(values, ranks, newest_rank, slot, np.inf,
+                                 np.float32(0.5), False, np.int32(0),
+                                 np.int32(1))
+  np.testing.assert_array_equal(unchanged.values, values)
+  np.testing.assert_array_equal(unchanged.ranks, ranks)
+  assert unchanged.newest_rank == newest_rank
+  assert (unchanged.lower_value, unchanged.upper_value) == (1.0, 3.0)
 
 
-def test_platform_default_matches_numpy_on_a_long_window():
-  rng = np.random.default_rng(0)
-  window = np.sort(rng.lognormal(size=100_000).astype(np.float32))
-  for _ in range(20):
-    leaving = window[rng.integers(window.size)]
-    arriving = np.float32(rng.lognormal())
-    expected = numpy_replace(window, leaving, arriving)
-    window = np.asarray(replace_in_sorted(window, leaving, arriving))
-    np.testing.assert_array_equal(window, expected)
-
-
-def test_replacing_infinite_padding_inserts_a_value():
-  window = np.array([1.0, 3.0, np.inf, np.inf], np.float32)
-  result = replace_in_sorted(window, np.float32(np.inf), np.float32(2.0))
-  np.testing.assert_array_equal(result, [1.0, 2.0, 3.0, np.inf])
-
-
-def test_replacing_a_value_by_itself_is_identity():
-  window = np.array([0.5, 1.0, 1.0, 4.0, np.inf], np.float32)
-  for value in window:
-    np.testing.assert_array_equal(
-        replace_in_sorted(window, value, value), window)
-
-
-def test_largest_value_moves_to_front():
-  window = np.arange(6, dtype=np.float32)
-  result = replace_in_sorted(window, np.float32(5), np.float32(-1))
-  np.testing.assert_array_equal(result, [-1, 0, 1, 2, 3, 4])
-
-
-def test_smallest_value_moves_to_back():
-  window = np.arange(6, dtype=np.float32)
-  result = replace_in_sorted(window, np.float32(0), np.float32(9))
-  np.testing.assert_array_equal(result, [1, 2, 3, 4, 5, 9])
-
-
-def test_keeps_dtype_and_shape():
-  window = jnp.zeros(8, jnp.float32)
-  result = replace_in_sorted(window, jnp.float32(0), jnp.float32(1))
-  assert result.shape == (8,) and result.dtype == jnp.float32
-
-
-@pytest.mark.parametrize('block_size', [1, 3, 4096])
-def test_batch_of_windows_replaces_in_each_like_numpy(block_size):
-  rng = np.random.default_rng(block_size)
-  replace = jax.jit(functools.partial(_window.replace_in_sorted_blockwise,
-                                      block_size=block_size))
-  windows = np.sort(rng.integers(0, 7, (3, 50)).astype(np.float32), axis=1)
-  for _ in range(50):
-    leaving = windows[np.arange(3), rng.integers(50, size=3)]
-    arriving = (rng.integers(-1, 8, 3) + rng.choice([0.0, 0.5], 3)).astype(
-        np.float32)
-    arriving[1] = leaving[1]  # One window unchanged while the others shift.
-    expected = [numpy_replace(*row) for row in zip(windows, leaving, arriving)]
-    windows = np.asarray(replace(windows, leaving, arriving))
-    np.testing.assert_array_equal(windows, expected)
-
-
-def test_vmap_of_platform_default_updates_windows_one_after_another():
-  windows = np.tile(np.arange(6, dtype=np.float32), (3, 1))
-  result = jax.jit(jax.vmap(_window.replace_in_sorted))(
-      windows, np.float32([5, 0, 2]), np.float32([-1, 9, 2]))
-  np.testing.assert_array_equal(
-      result, [[-1, 0, 1, 2, 3, 4], [1, 2, 3, 4, 5, 9], [0, 1, 2, 3, 4, 5]])
-  hlo = jax.jit(jax.vmap(_window.replace_in_sorted)).lower(
-      windows, np.zeros(3, np.float32), np.zeros(3, np.float32)).as_text()
-  assert 'scatter' not in hlo
+def test_window_update_is_one_pass_without_loops_or_sorts():
+  args = (*empty_window(1000)[:3], jnp.int32(0), jnp.float32(jnp.inf),
+          jnp.float32(1.0), True, jnp.int32(3), jnp.int32(4))
+  hlo = jax.jit(_window.replace_and_select).lower(*args).as_text()
+  assert 'stablehlo.while' not in hlo
+  assert 'stablehlo.sort' not in hlo
+  assert 'stablehlo.scatter' not in hlo

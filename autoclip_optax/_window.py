@@ -52,19 +52,21 @@ def sum_stacked_terms(*terms: jax.Array) -> jax.Array:
   """As :func:`sum_each_term`, as one reduction over the stacked terms.
 
   XLA:GPU runs a reduction this size as two kernels, so one reduction
-  instead of one per term; XLA:TPU would write the stacked array out.
+  instead of one per term; XLA:TPU and XLA:CPU would write the stacked
+  array out.
   """
   return jnp.stack(terms, -1).sum(-2)
 
 
 def sum_terms(*terms: jax.Array) -> jax.Array:
-  """:func:`sum_each_term` on TPU, :func:`sum_stacked_terms` elsewhere.
+  """:func:`sum_stacked_terms` on GPU, :func:`sum_each_term` elsewhere.
 
   The sums are of ones or of one value and zeros: exact, so both give the
-  same bits.
+  same bits. On CPU, one reduction per term is the faster by 2-3x.
   """
-  return jax.lax.platform_dependent(*terms, tpu=sum_each_term,
-                                    default=sum_stacked_terms)
+  return jax.lax.platform_dependent(*terms, cuda=sum_stacked_terms,
+                                    rocm=sum_stacked_terms,
+                                    default=sum_each_term)
 
 
 def initial_ranks(batch_shape: tuple[int, ...],

@@ -1,7 +1,7 @@
-"""The TPU path: straight-line code, bit-identical to the other platforms'.
+"""The GPU path: straight-line code, bit-identical to the other platforms'.
 
-The window's sums are one reduction per term on TPU and one reduction over
-the stacked terms elsewhere. Both run here: the CPU path as it is, the TPU
+The window's sums are one reduction over the stacked terms on GPU and one
+reduction per term elsewhere. Both run here: the CPU path as it is, the GPU
 path by swapping it in for the CPU one.
 """
 
@@ -103,10 +103,10 @@ def spiky_random_updates(num_steps, seed):
 
 
 def run_on_both_paths(make_tx, sequence, monkeypatch):
-  """Runs a transform with the CPU path, then a new one with TPU's."""
+  """Runs a transform with the CPU path, then a new one with GPU's."""
   cpu = run(make_tx(), sequence)
   with monkeypatch.context() as patch:
-    patch.setattr(_window, 'sum_terms', _window.sum_each_term)
+    patch.setattr(_window, 'sum_terms', _window.sum_stacked_terms)
     # A new transform, so that jit traces it anew instead of reusing the
     # CPU path's trace.
     accelerator = run(make_tx(), sequence)

@@ -67,3 +67,14 @@ def check_int(name: str, value, low: int, high: int,
         f'{type(value).__name__}')
   if not low <= int(value) <= high:
     raise ValueError(f'{name} must be in [{low}, {high}], got {value}')
+
+
+def check_scalar(name: str, value) -> None:
+  """Raises unless ``value`` is a scalar; traced values included.
+
+  ``optax.inject_hyperparams`` lets a hyperparameter be replaced between
+  steps, and an array of another shape would broadcast through the state.
+  """
+  shape = np.shape(value)
+  if shape:
+    raise ValueError(f'{name} must be a scalar, got an array of shape {shape}')

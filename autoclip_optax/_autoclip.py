@@ -77,6 +77,32 @@ def _empty_state(max_history, num_groups) -> AutoClipState:
                        **_history.empty(max_history, groups)._asdict())
 
 
+def _groups_text(num_groups) -> str:
+  return ('no groups (group_by=None)' if num_groups is None
+          else f'{num_groups} groups')
+
+
+def _check_state_fits(state, num_groups, max_history) -> None:
+  """Raises unless ``state`` has the windows this transform keeps.
+
+  A state from a transform with another ``group_by`` or ``max_history``
+  (a checkpoint of another run, say) would otherwise fail deep inside, or
+  broadcast silently.
+  """
+  expected = () if num_groups is None else (num_groups,)
+  if state.count.shape != expected:
+    found = None if not state.count.shape else state.count.shape[0]
+    raise ValueError(
+        f'the state was initialised for {_groups_text(found)}, but this '
+        f'autoclip has {_groups_text(num_groups)} for these updates: init '
+        'and update need the same group_by and params of the same structure')
+  if state.history.shape[-1] != max_history:
+    raise ValueError(
+        f'the state holds windows of {state.history.shape[-1]} norms, but '
+        f'max_history is {max_history}; move the norms with '
+        'recorded_norms and with_history')
+
+
 def _record_and_threshold(state, grad_norm, percentile, min_history):
   """Records the finite norms, returns the scale and the new state.
 
@@ -170,10 +196,13 @@ def autoclip(
       outside [1, 2**24]; ``min_history`` outside [0, max_history];
       ``group_by`` a string other than ``'leaf'``. At
       ``init`` or ``update``: labels that do not match the tree's structure,
-      or updates with a different number of groups than the state.
+      a state with other groups or another ``max_history`` than this
+      transform's, or a ``percentile`` or ``min_history`` that is not a
+      scalar.
     TypeError: ``percentile`` not a real number, or ``max_history`` or
       ``min_history`` not an int (bools and floats are rejected); labels
-      that cannot be sorted.
+      that cannot be sorted. At ``update``: leaves that are not floating
+      point or complex (``float0`` leaves pass through unchanged).
 
   References:
     Seetharaman et al., `AutoClip: Adaptive Gradient Clipping for Source
@@ -216,12 +245,11 @@ def autoclip(
 
   def update_fn(updates, state, params=None):
     del params
+    _arguments.check_scalar('percentile', percentile)
+    _arguments.check_scalar('min_history', min_history)
     group_of_leaf, num_groups = _groups.assign(group_by, updates)
-    if group_by is not None and state.count.shape != (num_groups,):
-      raise ValueError(
-          f'group_by gives {num_groups} groups for the updates, but the '
-          f'state was initialised with {state.count.shape[0]}: the params '
-          'given to init and the updates must have the same structure')
+    _check_state_fits(state, None if group_by is None else num_groups,
+                      max_history)
     leaves, treedef = jax.tree.flatten(updates)
     grad_norms = _groups.group_norms(leaves, group_of_leaf, num_groups)
     # All groups' windows in one batch: one pass for them all.
@@ -229,7 +257,8 @@ def autoclip(
         state, grad_norms if group_by is not None else grad_norms[0],
         percentile, min_history)
     scale = jnp.atleast_1d(scale)
-    clipped = [leaf * scale[group].astype(leaf.dtype)
+    clipped = [leaf if _groups.is_float0(leaf)
+               else leaf * scale[group].astype(leaf.dtype)
                for leaf, group in zip(leaves, group_of_leaf)]
     return jax.tree.unflatten(treedef, clipped), state
 

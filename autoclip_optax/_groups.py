@@ -96,6 +96,30 @@ def assign(group_by: GroupBy, tree) -> tuple[tuple[int, ...], int]:
   return tuple(order[label] for label in leaf_labels), len(order)
 
 
+def is_float0(leaf) -> bool:
+  """Whether ``leaf`` is a ``float0`` tangent: it has no values to clip."""
+  return getattr(leaf, 'dtype', None) == jax.dtypes.float0
+
+
+def check_leaves(leaves: Sequence[jax.Array]) -> None:
+  """Raises for leaves whose norm means nothing, as ``optax`` clips do.
+
+  Args:
+    leaves: the updates' leaves.
+
+  Raises:
+    TypeError: a leaf that is not floating point or complex (nor
+      ``float0``, which ``jax.grad(..., allow_int=True)`` gives for integer
+      params and which passes through unchanged).
+  """
+  for index, leaf in enumerate(leaves):
+    dtype = jnp.result_type(leaf)
+    if not (is_float0(leaf) or jnp.issubdtype(dtype, jnp.inexact)):
+      raise TypeError(
+          'updates must be floating point or complex to be clipped, but '
+          f'leaf {index} (in jax.tree.leaves order) has dtype {dtype}')
+
+
 def _squared_norm(leaf) -> jax.Array:
   """Sum of squares, accumulated in float32 (or wider) whatever the dtype."""
   wide = leaf.astype(jnp.promote_types(leaf.dtype, jnp.float32))
@@ -113,10 +137,17 @@ def group_norms(leaves: Sequence[jax.Array], group_of_leaf: Sequence[int],
 
   Returns:
     float32 ``[num_groups]``, each accumulated in float32 (or wider)
-    whatever the leaves' dtype: half-precision sums of squares overflow.
+    whatever the leaves' dtype, for precision; ``float0`` leaves count as
+    zeros.
+
+  Raises:
+    TypeError: as :func:`check_leaves`.
   """
+  check_leaves(leaves)
   squares: list[list[jax.Array]] = [[] for _ in range(num_groups)]
   for leaf, group in zip(leaves, group_of_leaf):
-    squares[group].append(_squared_norm(leaf))
+    if not is_float0(leaf):
+      squares[group].append(_squared_norm(leaf))
   return jnp.asarray([jnp.sqrt(sum(group_squares, jnp.float32(0)))
                       for group_squares in squares], jnp.float32)
+

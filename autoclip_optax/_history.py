@@ -123,7 +123,8 @@ def percentile(history: NormHistory, percentile_value) -> jax.Array:
 
 def _from_norms(norms: np.ndarray, max_history: int) -> NormHistory:
   """The history left by recording ``norms`` one by one into an empty one."""
-  as_float32 = norms.astype(np.float32)  # As a step computes them.
+  with np.errstate(over='ignore'):  # 1e39 becomes inf, as in a step.
+    as_float32 = norms.astype(np.float32)
   finite = as_float32[np.isfinite(as_float32)]
   kept = finite[len(finite) - min(len(finite), max_history):]
   ring = np.full(max_history, np.inf, np.float32)
@@ -161,23 +162,35 @@ def _histories(state) -> list:
           if _has_history(node)]
 
 
+def _as_norms(norms) -> np.ndarray:
+  """``norms`` as float64, any iterable (a generator too) accepted."""
+  if not hasattr(norms, '__len__') and not hasattr(norms, '__array__'):
+    norms = list(norms)
+  return np.asarray(norms, np.float64)
+
+
 def _seeded(history: NormHistory, norms) -> NormHistory:
   """``history``'s window holding ``norms``; a row of norms per group."""
   max_history = history.history.shape[-1]
   if history.history.ndim == 1:
-    rows = [np.asarray(norms, np.float64)]
+    rows = [_as_norms(norms)]
     if rows[0].ndim != 1:
       raise ValueError(
           'norms must be 1-D (oldest first) for a state without groups, got '
           f'shape {rows[0].shape}')
   else:
-    rows = [np.asarray(row, np.float64) for row in norms]
+    rows = [_as_norms(row) for row in norms]
     if len(rows) != history.history.shape[0] or any(
         row.ndim != 1 for row in rows):
       raise ValueError(
           f'norms must hold one 1-D sequence per group '
           f'({history.history.shape[0]} groups), got '
           f'{[row.shape for row in rows]}')
+  negative = [row[row < 0] for row in rows]
+  if any(len(values) for values in negative):
+    raise ValueError(
+        'norms must not be negative (log-norms, say), got '
+        f'{np.concatenate(negative)[:5].tolist()}')
   seeded = [_from_norms(row, max_history) for row in rows]
   stacked = jax.tree.map(lambda *rows: np.stack(rows), *seeded)
   if history.history.ndim == 1:
@@ -198,15 +211,18 @@ def with_history(state, norms):
     state: an :class:`AutoClipState` or :class:`SkipSpikesState`, or any
       optimizer state holding them (a chain's tuple, say): each of them gets
       the same norms.
-    norms: the norms, oldest first; non-finite ones are skipped, as a step
-      skips them, and only the last ``max_history`` finite ones are kept.
-      With ``group_by``, one such sequence per group, in group order.
+    norms: the norms, oldest first, any iterable of numbers; they are
+      rounded to float32, as a step computes them, and the non-finite ones
+      (1e39 included, which is ``inf`` in float32) are skipped, as a step
+      skips them; only the last ``max_history`` finite ones are kept. With
+      ``group_by``, one such sequence per group, in group order.
 
   Returns:
     A state of the same structure, shapes and dtypes.
 
   Raises:
-    ValueError: ``state`` holds no window, or ``norms`` has the wrong shape.
+    ValueError: ``state`` holds no window, ``norms`` has the wrong shape,
+      or a norm is negative.
 
   Example:
     >>> import jax.numpy as jnp

@@ -83,7 +83,8 @@ def skip_spikes(
     inner: the transform to guard, e.g.
       ``optax.chain(autoclip(10), optax.adam(1e-3))``.
     factor: how many times the percentile a norm must exceed to be a spike,
-      above 0.
+      above 0. A traced value is clamped to at least the smallest positive
+      float32, NaN counting as ``+inf`` (no spikes).
     percentile: the percentile of past norms that sets the usual size, in
       [0, 100]; the default is the median. A traced value is clipped to
       [0, 100], NaN counting as 100.
@@ -97,13 +98,20 @@ def skip_spikes(
     A :class:`optax.GradientTransformationExtraArgs` whose state is a
     :class:`SkipSpikesState`.
 
+  The skip is a select on the step's outcome, not a branch: it is not
+  differentiable in any useful sense (its gradient is that of the branch
+  taken), so differentiate through :func:`autoclip` alone.
+
   Raises:
-    ValueError: an argument outside its range (or NaN).
-    TypeError: an argument of the wrong type.
+    ValueError: an argument outside its range (or NaN); at ``update``, a
+      hyperparameter that is not a scalar.
+    TypeError: an argument of the wrong type; at ``update``, leaves that are
+      not floating point or complex.
 
   References:
-    Seetharaman et al., `AutoClip: Adaptive Gradient Clipping for Source
-    Separation Networks <https://arxiv.org/abs/2007.14469>`_, MLSP 2020
+    Groeneveld et al., `OLMo: Accelerating the Science of Language Models
+    <https://arxiv.org/abs/2402.00838>`_, 2024 (skipping steps whose loss
+    or norm spikes, as Levanter's and MaxText's trainers also do)
 
   Example:
     >>> import jax.numpy as jnp
@@ -138,20 +146,31 @@ def skip_spikes(
         **_history.empty(max_history, ())._asdict())
 
   def update_fn(updates, state, params=None, **extra_args):
+    for name, value in [('factor', factor), ('percentile', percentile),
+                        ('min_history', min_history),
+                        ('max_consecutive_skips', max_consecutive_skips)]:
+      _arguments.check_scalar(name, value)
     leaves = jax.tree.leaves(updates)
     norm = _groups.group_norms(leaves, (0,) * len(leaves), 1)[0]
     history = _history.of(state)
+    # A traced factor may be out of range: at least the smallest positive
+    # float32, NaN counting as +inf (nothing is a spike).
+    usual_factor = jnp.asarray(factor, jnp.float32)
+    usual_factor = jnp.where(jnp.isnan(usual_factor), jnp.inf,
+                             jnp.maximum(usual_factor,
+                                         jnp.finfo(jnp.float32).tiny))
     spike_threshold = jnp.where(
         history.count >= min_history,
-        factor * _history.percentile(history, percentile), jnp.inf)
+        usual_factor * _history.percentile(history, percentile), jnp.inf)
     finite = jnp.isfinite(norm)
     spike = finite & (norm > spike_threshold)
     skip = ~finite | (
         spike & (state.consecutive_spikes < max_consecutive_skips))
     inner_updates, inner_state = inner.update(
         updates, state.inner_state, params, **extra_args)
-    updates = jax.tree.map(lambda update: jnp.where(skip, 0, update),
-                           inner_updates)
+    updates = jax.tree.map(
+        lambda update: update if _groups.is_float0(update)
+        else jnp.where(skip, 0, update), inner_updates)
     inner_state = jax.tree.map(lambda old, new: jnp.where(skip, old, new),
                                state.inner_state, inner_state)
     recorded, _ = _history.record(history, jnp.where(skip, jnp.nan, norm),

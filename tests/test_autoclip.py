@@ -9,6 +9,7 @@ import pytest
 
 from autoclip_optax import AutoClipState
 from autoclip_optax import autoclip
+from autoclip_optax import with_history
 from tests.autoclip_reference import assert_ranks_match
 from tests.autoclip_reference import autoclip_reference
 
@@ -319,3 +320,93 @@ def test_window_keeps_turning_after_count_saturates():
                              rtol=1e-6)
   assert_ranks_match(state.history, state.ranks, state.newest_rank,
                      state.next_slot)
+
+
+def test_state_with_another_max_history_raises():
+  params = {'w': jnp.zeros(2)}
+  with pytest.raises(ValueError, match='the state holds windows of 5 norms, '
+                     'but max_history is 4'):
+    autoclip(10, 4).update(params, autoclip(10, 5).init(params))
+
+
+@pytest.mark.parametrize('dtype', [jnp.int32, jnp.uint8, jnp.bool_])
+def test_updates_that_are_not_floating_point_raise(dtype):
+  updates = {'b': jnp.zeros(2), 'w': (10 * jnp.arange(3)).astype(dtype)}
+  tx = autoclip(10, 4)
+  with pytest.raises(TypeError, match=f'leaf 1 .* has dtype '
+                     f'{jnp.dtype(dtype).name}'):
+    tx.update(updates, tx.init(updates))
+
+
+def test_float0_leaves_of_integer_params_pass_through():
+  params = {'w': jnp.array([3.0, 4.0]), 'n': jnp.arange(2)}
+  grads = jax.grad(lambda p: jnp.sum(p['w'] ** 2) / 2 + 0 * p['n'].sum(),
+                   allow_int=True)(params)
+  tx = autoclip(10, 4)
+  updates, state = jax.jit(tx.update)(grads, tx.init(params))
+  assert updates['n'].dtype == jax.dtypes.float0
+  np.testing.assert_allclose(updates['w'], [3.0, 4.0])
+  np.testing.assert_allclose(state.grad_norm, 5.0)
+
+
+@pytest.mark.parametrize('name', ['percentile', 'min_history'])
+def test_hyperparameter_set_to_a_vector_raises_under_jit(name):
+  tx = optax.inject_hyperparams(autoclip, static_args='max_history')(
+      percentile=10.0, max_history=4, min_history=0)
+  params = {'w': jnp.zeros(2)}
+  state = tx.init(params)
+  state.hyperparams[name] = jnp.stack([state.hyperparams[name]] * 2)
+  with pytest.raises(ValueError, match=f'{name} must be a scalar, got an '
+                     r'array of shape \(2,\)'):
+    jax.jit(tx.update)(params, state)
+
+
+def central_differences(function, updates, epsilon=1e-3):
+  """The gradient of ``function`` at ``updates``, in float64 arithmetic."""
+  flat = np.asarray(updates['w'], np.float64)
+  gradient = np.zeros_like(flat)
+  for index in range(flat.size):
+    step = np.zeros_like(flat)
+    step[index] = epsilon
+    gradient[index] = (
+        float(function({'w': jnp.asarray(flat + step, jnp.float32)}))
+        - float(function({'w': jnp.asarray(flat - step, jnp.float32)}))
+    ) / (2 * epsilon)
+  return gradient
+
+
+@pytest.mark.parametrize('norms, clipped', [
+    ([1.0, 2.0, 3.0], True),  # The step's norm, 5, is above the median.
+    ([10.0, 20.0, 30.0], False),
+    ([1.0, 2.0, 8.0], True),  # The median interpolates the step's norm.
+])
+@pytest.mark.parametrize('differentiate', [jax.grad, jax.jacfwd, jax.jacrev])
+def test_update_is_differentiable_like_finite_differences(norms, clipped,
+                                                          differentiate):
+  tx = autoclip(50.0, 10)
+  updates = {'w': jnp.array([3.0, 4.0])}
+  state = with_history(tx.init(updates), norms)
+  weights = jnp.array([1.0, 2.0])
+
+  def loss(updates):
+    clipped_updates, _ = tx.update(updates, state)
+    return jnp.sum(clipped_updates['w'] * weights)
+
+  assert bool(tx.update(updates, state)[1].num_clipped) == clipped
+  np.testing.assert_allclose(differentiate(loss)(updates)['w'],
+                             central_differences(loss, updates),
+                             rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize('field, updates', [
+    ('num_clipped', {'w': jnp.array([300.0, 400.0])}),
+    ('num_nonfinite', {'w': jnp.array([jnp.nan, 1.0])}),
+])
+def test_event_counters_saturate_at_the_int32_maximum(field, updates):
+  tx = autoclip(10, 4)
+  state = tx.init(updates)
+  state = with_history(state, [1.0, 1.0, 1.0])._replace(
+      **{field: jnp.int32(np.iinfo(np.int32).max - 1)})
+  for _ in range(3):
+    _, state = jax.jit(tx.update)(updates, state)
+  assert getattr(state, field) == np.iinfo(np.int32).max

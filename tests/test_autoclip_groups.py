@@ -296,6 +296,29 @@ def test_label_function_that_does_not_match_the_updates_raises():
 def test_updates_with_other_groups_than_the_state_raise():
   tx = autoclip(10, group_by='leaf')
   state = tx.init({'a': jnp.zeros(2), 'b': jnp.zeros(2)})
-  with pytest.raises(ValueError, match='group_by gives 1 groups for the '
-                     'updates, but the state was initialised with 2'):
+  with pytest.raises(ValueError, match='the state was initialised for 2 '
+                     'groups, but this autoclip has 1 groups'):
     tx.update({'a': jnp.zeros(2)}, state)
+
+
+@pytest.mark.parametrize('inject', [False, True])
+def test_state_without_groups_in_a_grouped_autoclip_raises(inject):
+  params = {'a': jnp.zeros(2), 'b': jnp.zeros(2)}
+  tx = autoclip(10, 4, group_by='leaf')
+  state = autoclip(10, 4).init(params)
+  if inject:
+    tx = optax.inject_hyperparams(autoclip, static_args='max_history')(
+        10.0, 4, group_by='leaf')
+    state = optax.inject_hyperparams(autoclip, static_args='max_history')(
+        10.0, 4).init(params)
+  with pytest.raises(ValueError, match=r'initialised for no groups '
+                     r'\(group_by=None\), but this autoclip has 2 groups'):
+    tx.update(params, state)
+
+
+def test_grouped_state_in_an_autoclip_without_groups_raises():
+  params = {'a': jnp.zeros(2), 'b': jnp.zeros(2)}
+  state = autoclip(10, 4, group_by='leaf').init(params)
+  with pytest.raises(ValueError, match='initialised for 2 groups, but this '
+                     r'autoclip has no groups \(group_by=None\)'):
+    autoclip(10, 4).update(params, state)

@@ -145,3 +145,29 @@ def test_composes_around_autoclip_and_adam():
 def test_bad_arguments_raise_naming_them(argument, value, error):
   with pytest.raises(error, match=argument):
     skip_spikes(optax.sgd(1.0), **{argument: value})
+
+
+@pytest.mark.parametrize('factor, skipped', [(-1.0, 1), (0.0, 1),
+                                             (np.nan, 0)])
+def test_traced_factor_out_of_range_is_clamped(factor, skipped):
+  tx = optax.inject_hyperparams(skip_spikes, static_args=(
+      'inner', 'max_history'))(optax.sgd(1.0), factor=1.0, min_history=1)
+  params = {'w': jnp.zeros(1)}
+  state = tx.init(params)
+  state.hyperparams['factor'] = jnp.float32(factor)
+  update = jax.jit(tx.update)
+  _, state = update({'w': jnp.array([1.0])}, state)
+  _, state = update({'w': jnp.array([1.0])}, state)
+  # Clamped to the smallest float32 above 0, every norm is a spike; NaN
+  # counts as +inf, and nothing is.
+  assert state.inner_state.num_skipped == skipped
+
+
+def test_num_skipped_saturates_at_the_int32_maximum():
+  tx = skip_spikes(optax.sgd(1.0))
+  params = {'w': jnp.zeros(1)}
+  state = tx.init(params)._replace(
+      num_skipped=jnp.int32(np.iinfo(np.int32).max - 1))
+  for _ in range(3):
+    _, state = jax.jit(tx.update)({'w': jnp.array([np.nan])}, state)
+  assert state.num_skipped == np.iinfo(np.int32).max

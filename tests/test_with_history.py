@@ -138,3 +138,24 @@ def test_state_without_a_window_raises():
     with_history(optax.adam(1e-3).init({'w': jnp.zeros(1)}), [1.0])
   with pytest.raises(ValueError, match='exactly one AutoClipState'):
     recorded_norms(optax.adam(1e-3).init({'w': jnp.zeros(1)}))
+
+
+def test_negative_norms_raise():
+  state = autoclip(10, 4).init({'w': jnp.zeros(2)})
+  with pytest.raises(ValueError, match='norms must not be negative'):
+    with_history(state, np.log([0.5, 2.0]))
+
+
+def test_norms_beyond_float32_are_skipped_as_a_step_skips_them():
+  state = with_history(autoclip(10, 4).init({'w': jnp.zeros(2)}),
+                       [1e39, 1.0])
+  assert state.count == 1
+  np.testing.assert_array_equal(recorded_norms(state), [1.0])
+
+
+def test_a_generator_of_norms_is_accepted():
+  tx = autoclip(10, 4)
+  state = tx.init({'w': jnp.zeros(2)})
+  from_generator = with_history(state, (norm for norm in [1.0, 2.0, 3.0]))
+  from_list = with_history(state, [1.0, 2.0, 3.0])
+  assert_bit_identical(from_generator, from_list)

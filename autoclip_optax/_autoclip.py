@@ -256,10 +256,13 @@ def autoclip(
     scale, state = _record_and_threshold(
         state, grad_norms if group_by is not None else grad_norms[0],
         percentile, min_history)
-    scale = jnp.atleast_1d(scale)
+    if group_by is None:
+      scale_of_leaf = (scale,) * len(leaves)
+    else:
+      scale_of_leaf = _groups.leaf_scales(scale, group_of_leaf)
     clipped = [leaf if _groups.is_float0(leaf)
-               else leaf * scale[group].astype(leaf.dtype)
-               for leaf, group in zip(leaves, group_of_leaf)]
+               else leaf * leaf_scale.astype(leaf.dtype)
+               for leaf, leaf_scale in zip(leaves, scale_of_leaf)]
     return jax.tree.unflatten(treedef, clipped), state
 
   return optax.GradientTransformation(init_fn, update_fn)

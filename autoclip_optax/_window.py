@@ -52,20 +52,43 @@ def sum_stacked_terms(*terms: jax.Array) -> jax.Array:
   """As :func:`sum_each_term`, as one reduction over the stacked terms.
 
   XLA:GPU runs a reduction this size as two kernels, so one reduction
-  instead of one per term; XLA:TPU and XLA:CPU would write the stacked
-  array out.
+  instead of one per term; XLA:TPU would write the stacked array out.
   """
   return jnp.stack(terms, -1).sum(-2)
 
 
-def sum_terms(*terms: jax.Array) -> jax.Array:
-  """:func:`sum_stacked_terms` on GPU, :func:`sum_each_term` elsewhere.
+@jax.custom_jvp
+def sum_terms_in_one_reduce(*terms: jax.Array) -> jax.Array:
+  """As :func:`sum_each_term`, as one variadic reduction.
 
-  The sums are of ones or of one value and zeros: exact, so both give the
-  same bits. On CPU, one reduction per term is the faster by 2-3x.
+  XLA:CPU computes the terms inside that reduction's loop; as separate
+  reductions it writes each term out first, 2-3x slower. Its derivative is
+  :func:`sum_each_term`'s: JAX cannot transpose a variadic reduction.
+  """
+  zero = jnp.zeros((), terms[0].dtype)
+  sums = jax.lax.reduce(
+      terms, (zero,) * len(terms),
+      lambda totals, values: tuple(
+          total + value for total, value in zip(totals, values)),
+      (terms[0].ndim - 1,))
+  return jnp.stack(sums, -1)
+
+
+@sum_terms_in_one_reduce.defjvp
+def _sum_terms_in_one_reduce_jvp(primals, tangents):
+  return sum_terms_in_one_reduce(*primals), sum_each_term(*tangents)
+
+
+def sum_terms(*terms: jax.Array) -> jax.Array:
+  """The sums of ``terms`` over their last axis, the platform's fastest way.
+
+  :func:`sum_stacked_terms` on GPU, :func:`sum_terms_in_one_reduce` on CPU,
+  :func:`sum_each_term` on TPU. The sums are of ones, or of one value and
+  zeros: exact, so all three give the same bits.
   """
   return jax.lax.platform_dependent(*terms, cuda=sum_stacked_terms,
                                     rocm=sum_stacked_terms,
+                                    cpu=sum_terms_in_one_reduce,
                                     default=sum_each_term)
 
 

@@ -21,8 +21,16 @@ def numpy_order_statistic(ring, rank):
   return np.sort(np.asarray(ring, np.float32))[rank]
 
 
+SUMS = [_window.sum_each_term, _window.sum_stacked_terms,
+        _window.sum_terms_in_one_reduce]
+
+
+@pytest.mark.parametrize('sums', SUMS, ids=lambda sums: sums.__name__)
 @pytest.mark.parametrize('size', [1, 2, 5, 64, 1001])
-def test_random_replacements_match_numpy(size):
+def test_random_replacements_match_numpy(size, sums, monkeypatch):
+  monkeypatch.setattr(_window, 'sum_terms', sums)
+  # A new jit, so that each way of summing is traced anew.
+  replace_and_select = jax.jit(_window.replace_and_select)
   rng = np.random.default_rng(size)
   values, ranks, newest_rank, slot = empty_window(size)
   ring = np.full(size, np.inf, np.float32)
@@ -66,6 +74,20 @@ def test_batch_of_windows_replaces_in_each_like_numpy():
       assert result.lower_value[row] == numpy_order_statistic(
           rings[row], lower[row])
     values, ranks, newest_rank = result.values, result.ranks, result.newest_rank
+
+
+def test_every_way_of_summing_gives_the_same_bits():
+  rng = np.random.default_rng(0)
+  values = rng.lognormal(size=(3, 999)).astype(np.float32)
+  terms = (np.where(rng.random((3, 999)) < 0.5, 1.0, 0.0).astype(np.float32),
+           np.where(np.arange(999) == 17, values, 0.0).astype(np.float32),
+           values)
+  results = [np.asarray(jax.jit(sums)(*terms)) for sums in SUMS]
+  for result in results[1:]:
+    np.testing.assert_array_equal(result[..., :2].view(np.uint32),
+                                  results[0][..., :2].view(np.uint32))
+  np.testing.assert_allclose(results[0], np.stack(
+      [term.astype(np.float64).sum(-1) for term in terms], -1), rtol=1e-5)
 
 
 def test_not_recorded_changes_nothing():

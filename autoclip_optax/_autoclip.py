@@ -238,12 +238,15 @@ def autoclip(
                        traceable=True)
   _groups.validate(group_by)
 
-  def init_fn(params):
+  def init_fn(params: optax.Params) -> AutoClipState:
     _, num_groups = _groups.assign(group_by, params)
     return _empty_state(max_history,
                         None if group_by is None else num_groups)
 
-  def update_fn(updates, state, params=None):
+  def update_fn(
+      updates: optax.Updates, state: AutoClipState,
+      params: optax.Params | None = None,
+  ) -> tuple[optax.Updates, AutoClipState]:
     del params
     _arguments.check_scalar('percentile', percentile)
     _arguments.check_scalar('min_history', min_history)

@@ -198,7 +198,7 @@ def _seeded(history: NormHistory, norms) -> NormHistory:
   return jax.tree.map(jnp.asarray, stacked)
 
 
-def with_history(state, norms):
+def with_history(state: optax.OptState, norms) -> optax.OptState:
   """Returns ``state`` with its window holding the last finite ``norms``.
 
   The window (``history``, ``ranks``, ``newest_rank``, ``oldest``,
@@ -248,7 +248,7 @@ def with_history(state, norms):
   return jax.tree.map(seed, state, is_leaf=_has_history)
 
 
-def recorded_norms(state) -> np.ndarray | list[np.ndarray]:
+def recorded_norms(state: optax.OptState) -> np.ndarray | list[np.ndarray]:
   """The finite norms in a state's window, oldest first.
 
   Feed them to :func:`with_history` to move a window into a state with

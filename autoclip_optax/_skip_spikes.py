@@ -137,7 +137,7 @@ def skip_spikes(
                        2**31 - 1, traceable=True)
   inner = optax.with_extra_args_support(inner)
 
-  def init_fn(params):
+  def init_fn(params: optax.Params) -> SkipSpikesState:
     return SkipSpikesState(
         inner_state=inner.init(params),
         spike_threshold=jnp.asarray(jnp.inf, jnp.float32),
@@ -145,7 +145,10 @@ def skip_spikes(
         consecutive_spikes=jnp.zeros([], jnp.int32),
         **_history.empty(max_history, ())._asdict())
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def update_fn(
+      updates: optax.Updates, state: SkipSpikesState,
+      params: optax.Params | None = None, **extra_args,
+  ) -> tuple[optax.Updates, SkipSpikesState]:
     for name, value in [('factor', factor), ('percentile', percentile),
                         ('min_history', min_history),
                         ('max_consecutive_skips', max_consecutive_skips)]:

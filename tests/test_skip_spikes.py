@@ -156,10 +156,11 @@ def test_traced_factor_out_of_range_is_clamped(factor, skipped):
   state = tx.init(params)
   state.hyperparams['factor'] = jnp.float32(factor)
   update = jax.jit(tx.update)
-  _, state = update({'w': jnp.array([1.0])}, state)
-  _, state = update({'w': jnp.array([1.0])}, state)
-  # Clamped to the smallest float32 above 0, every norm is a spike; NaN
-  # counts as +inf, and nothing is.
+  for gradient in [1.0, 1.0, 0.0]:
+    _, state = update({'w': jnp.array([gradient])}, state)
+  # Clamped to the smallest float32 above 0, every norm above 0 is a spike
+  # (a negative factor made a zero norm one too); NaN counts as +inf, and
+  # nothing is.
   assert state.inner_state.num_skipped == skipped
 
 

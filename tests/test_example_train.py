@@ -44,7 +44,7 @@ class _Interrupted(Exception):
   """Stands for a run killed between two steps."""
 
 
-def _train_until(steps, monkeypatch, config, workdir):
+def train_until(steps, monkeypatch, config, workdir):
   """Runs ``train_and_evaluate``, interrupted before step ``steps + 1``."""
   real_train_step, steps_taken = train.train_step, 0
 
@@ -70,7 +70,7 @@ def test_run_interrupted_mid_epoch_resumes_with_identical_log_and_results(
   # step 7, in the second epoch, with step 7 already logged.
   config = tiny_config(data_dir, 3)
   config.log_every_steps = 1
-  _train_until(7, monkeypatch, config, tmp_path / 'resumed')
+  train_until(7, monkeypatch, config, tmp_path / 'resumed')
   assert [r['step'] for r in read_log(tmp_path / 'resumed')] == list(
       range(1, 8))
   # The restart is from step 6, two steps into the second epoch.

@@ -54,6 +54,7 @@ from examples.flax_separation import loss_registry
 from examples.flax_separation import metrics
 from examples.flax_separation import models
 from examples.flax_separation import spectral
+from examples.flax_separation import workdirs
 
 # Validation and test mixtures are zero-padded to a multiple of this many
 # samples, so that evaluation compiles once or twice, not per length.
@@ -516,12 +517,30 @@ def _open_log(path):
 
 
 def _keep_log_lines_up_to(path, last_step):
-  """Drops log lines past the restored step, so a resumed log has no repeats."""
+  """Drops log lines past the restored step, so a resumed log has no repeats.
+
+  A last line that is not JSON was cut short by a kill while it was written
+  (its step is past every checkpoint): it goes too. The log is rewritten
+  whole, so a kill here loses nothing.
+
+  Raises:
+    ValueError: if a line before the last is not JSON.
+  """
   if not _writes_files() or not path.exists():
     return
-  lines = [line for line in path.read_text().splitlines()
-           if json.loads(line)['step'] <= last_step]
-  path.write_text(''.join(line + '\n' for line in lines))
+  lines = path.read_text().splitlines()
+  kept = []
+  for number, line in enumerate(lines, start=1):
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      if number == len(lines):
+        break
+      raise ValueError(
+          f'{path}, line {number}, is not JSON: {line!r}') from None
+    if record['step'] <= last_step:
+      kept.append(line + '\n')
+  workdirs.write_atomically(path, ''.join(kept))
 
 
 def finished_results(directory: pathlib.Path,
@@ -636,8 +655,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       'config': config.to_dict(),
   }
   if _writes_files():
-    (workdir / 'results.json').write_text(json.dumps(results, indent=2)
-                                          + '\n')
+    workdirs.write_atomically(workdir / 'results.json',
+                              json.dumps(results, indent=2) + '\n')
   return results
 
 

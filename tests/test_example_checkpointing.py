@@ -1,0 +1,82 @@
+"""Runs killed at any moment resume exactly.
+
+Every run here is the same tiny run of two epochs of 4 steps, validated and
+checkpointed after steps 3, 4, 6 and 8; whatever happened to it, it must end
+with the results and logs of the same run left alone (``straight``).
+"""
+
+import json
+import re
+import shutil
+
+import pytest
+
+from examples.flax_separation import train
+from tests.test_example_train import read_log
+from tests.test_example_train import tiny_config
+from tests.test_example_train import train_until
+
+
+def run_config(data_dir):
+  config = tiny_config(data_dir, 2)
+  config.log_every_steps = 1
+  return config
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp('espeak2mix')
+
+
+@pytest.fixture(scope='module')
+def straight(tmp_path_factory, data_dir):
+  """The work directory of the run, uninterrupted."""
+  workdir = tmp_path_factory.mktemp('straight')
+  train.train_and_evaluate(run_config(data_dir), workdir)
+  return workdir
+
+
+@pytest.fixture(scope='module')
+def interrupted(tmp_path_factory, data_dir):
+  """The run stopped after step 6, which it checkpointed."""
+  workdir = tmp_path_factory.mktemp('interrupted')
+  train_until(6, pytest.MonkeyPatch(), run_config(data_dir), workdir)
+  return workdir
+
+
+def copy_of(workdir, tmp_path):
+  return shutil.copytree(workdir, tmp_path / 'run')
+
+
+def assert_same_run(workdir, straight_workdir):
+  """The results (but the time taken) and the logs are the straight run's."""
+  results, expected = (
+      json.loads((directory / 'results.json').read_text())
+      for directory in (workdir, straight_workdir))
+  del results['train_seconds'], expected['train_seconds']
+  assert results == expected
+  assert read_log(workdir) == read_log(straight_workdir)
+  assert ((workdir / 'validation.jsonl').read_text()
+          == (straight_workdir / 'validation.jsonl').read_text())
+
+
+def test_log_line_cut_by_a_kill_is_dropped_on_resume(
+    interrupted, straight, data_dir, tmp_path):
+  workdir = copy_of(interrupted, tmp_path)
+  for log, cut_line in (('log.jsonl', '{"step": 7, "loss": 0.2'),
+                        ('validation.jsonl', '{"step": 8, "si_sd')):
+    with (workdir / log).open('a') as file:
+      file.write(cut_line)
+  train.train_and_evaluate(run_config(data_dir), workdir)
+  assert_same_run(workdir, straight)
+
+
+def test_log_line_before_the_last_that_is_not_json_is_an_error(
+    interrupted, data_dir, tmp_path):
+  workdir = copy_of(interrupted, tmp_path)
+  lines = (workdir / 'log.jsonl').read_text().splitlines()
+  lines[2] = 'not json'
+  (workdir / 'log.jsonl').write_text('\n'.join(lines) + '\n')
+  with pytest.raises(ValueError, match=re.escape(
+      f"{workdir / 'log.jsonl'}, line 3, is not JSON: 'not json'")):
+    train.train_and_evaluate(run_config(data_dir), workdir)

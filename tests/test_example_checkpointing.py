@@ -6,11 +6,17 @@ with the results and logs of the same run left alone (``straight``).
 """
 
 import json
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
+from examples.flax_separation import checkpointing
 from examples.flax_separation import train
 from tests.test_example_train import read_log
 from tests.test_example_train import tiny_config
@@ -80,3 +86,75 @@ def test_log_line_before_the_last_that_is_not_json_is_an_error(
   with pytest.raises(ValueError, match=re.escape(
       f"{workdir / 'log.jsonl'}, line 3, is not JSON: 'not json'")):
     train.train_and_evaluate(run_config(data_dir), workdir)
+
+
+# The run in a process of its own, which kills itself with SIGKILL at
+# `point`: 'best-saved' once the best model of step `step` is saved and
+# before the latest checkpoint is (the two saves of a validation); 'none'
+# never.
+_KILLED_RUN = """
+import os
+import signal
+import sys
+
+from examples.flax_separation import checkpointing
+from examples.flax_separation import train
+from tests.test_example_checkpointing import run_config
+
+data_dir, workdir, point, kill_step = sys.argv[1:]
+
+
+def kill_before(owner, name, step_of):
+  real = getattr(owner, name)
+
+  def killed_at_the_step(*args):
+    if step_of(*args) == int(kill_step):
+      os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args)
+
+  setattr(owner, name, killed_at_the_step)
+
+
+if point == 'best-saved':
+  kill_before(checkpointing.Checkpoints, 'save',
+              lambda self, step, *state: step)
+train.train_and_evaluate(run_config(data_dir), workdir)
+"""
+
+
+def test_run_killed_at_any_moment_resumes_to_the_uninterrupted_results(
+    straight, data_dir, tmp_path):
+  workdir = tmp_path / 'run'
+  # The later processes load the programs the first compiled.
+  env = {**os.environ,
+         'JAX_COMPILATION_CACHE_DIR': str(tmp_path / 'compiled'),
+         'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+         'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
+
+  def start(point='none', step=0):
+    with (tmp_path / 'stderr').open('w') as stderr:
+      return subprocess.Popen(
+          [sys.executable, '-c', _KILLED_RUN, str(data_dir), str(workdir),
+           point, str(step)], env=env, stdout=subprocess.DEVNULL,
+          stderr=stderr)
+
+  def ended_by(process, signal_number):
+    return_code = process.wait(timeout=300)
+    assert return_code == -signal_number, (tmp_path / 'stderr').read_text()
+
+  # Killed between the two saves of step 3: best/3 without checkpoints/3.
+  ended_by(start('best-saved', 3), signal.SIGKILL)
+  assert list((workdir / 'best').iterdir()) == [workdir / 'best' / '3']
+  assert not any((workdir / 'checkpoints').iterdir())
+  # From the start again; killed once the log shows step 6 validated.
+  process = start()
+  deadline = time.monotonic() + 300
+  while '"step": 6' not in ((workdir / 'validation.jsonl').read_text()
+                            if (workdir / 'validation.jsonl').exists() else ''):
+    assert process.poll() is None and time.monotonic() < deadline
+    time.sleep(0.01)
+  process.send_signal(signal.SIGKILL)
+  ended_by(process, signal.SIGKILL)
+  # To the end.
+  ended_by(start(), 0)
+  assert_same_run(workdir, straight)

@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from examples.flax_separation import averaging
+from examples.flax_separation import checkpointing
 from examples.flax_separation import train
 from examples.flax_separation.configs import default
 
@@ -283,7 +284,7 @@ def test_best_model_is_the_parameter_average_at_its_step(tmp_path, data_dir):
   train.train_and_evaluate(config, tmp_path / 'run')
   model = train.create_model(config)
   optimizer = train.create_optimizer(model, config, num_steps=4)
-  checkpoints = train._Checkpoints(tmp_path / 'run')
+  checkpoints = checkpointing.Checkpoints(tmp_path / 'run')
   checkpoints.restore(model, optimizer)
   expected = averaging.averaged_model(model, optimizer, 0.5)
   best = train.create_model(config)

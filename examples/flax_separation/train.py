@@ -11,7 +11,8 @@ masks.
 line per training step), ``validation.jsonl``, ``results.json`` (test
 SI-SDR and SI-SDRi) and ``separated/`` (a few separated test mixtures).
 An interrupted run started again with the same config resumes from its last
-checkpoint with the same data order and identical next steps.
+whole checkpoint (``checkpointing``), killed at whatever moment, with the
+same data order and identical next steps.
 
 Training is data parallel over every device (``data_parallel_mesh``): each
 batch is split on the mesh's ``data`` axis, and the parameters and optimizer
@@ -39,7 +40,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import soundfile
 import tqdm
 from jax.experimental import multihost_utils
@@ -49,6 +49,7 @@ from jax.sharding import PartitionSpec
 
 from autoclip_optax import autoclip
 from examples.flax_separation import averaging
+from examples.flax_separation import checkpointing
 from examples.flax_separation import input_pipeline
 from examples.flax_separation import loss_registry
 from examples.flax_separation import metrics
@@ -437,71 +438,6 @@ def train_steps(model: nnx.Module, optimizer: nnx.Optimizer,
       yield Step(number, mixture, sources, step_metrics, fetched)
 
 
-# Orbax coordinates the steps of a save through signals shared by the whole
-# process: two runs of `train_runs` saving at once from two threads timed
-# out waiting on each other's. Every save and restore holds this lock, and a
-# save is finished before the lock is released (so a run stopped by an error
-# leaves no save half written).
-_ORBAX_LOCK = threading.Lock()
-
-
-def _holding_orbax_lock(method):
-  @functools.wraps(method)
-  def locked(self, *args):
-    with _ORBAX_LOCK:
-      result = method(self, *args)
-      self.latest.wait_until_finished()
-      self.best.wait_until_finished()
-      return result
-  return locked
-
-
-class _Checkpoints:
-  """The latest training state and the best model, with orbax."""
-
-  def __init__(self, workdir):
-    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
-    self.latest = ocp.CheckpointManager(
-        pathlib.Path(workdir).absolute() / 'checkpoints', options=options)
-    self.best = ocp.CheckpointManager(
-        pathlib.Path(workdir).absolute() / 'best', options=options)
-
-  @_holding_orbax_lock
-  def save(self, step, model, optimizer, progress):
-    self.latest.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(nnx.to_pure_dict(
-            nnx.state((model, optimizer)))),
-        progress=ocp.args.JsonSave(progress)))
-
-  @_holding_orbax_lock
-  def restore(self, model, optimizer):
-    """Loads the latest state into model and optimizer; returns progress."""
-    step = self.latest.latest_step()
-    if step is None:
-      return None
-    state = nnx.state((model, optimizer))
-    restored = self.latest.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(nnx.to_pure_dict(state)),
-        progress=ocp.args.JsonRestore()))
-    nnx.replace_by_pure_dict(state, restored.state)
-    nnx.update((model, optimizer), state)
-    return restored.progress
-
-  @_holding_orbax_lock
-  def save_best(self, step, model):
-    self.best.save(step, args=ocp.args.StandardSave(
-        nnx.to_pure_dict(nnx.state(model))), force=True)
-
-  @_holding_orbax_lock
-  def restore_best(self, model):
-    state = nnx.state(model)
-    restored = self.best.restore(
-        self.best.latest_step(),
-        args=ocp.args.StandardRestore(nnx.to_pure_dict(state)))
-    nnx.replace_by_pure_dict(state, restored)
-    nnx.update(model, state)
-
-
 def _writes_files() -> bool:
   """Whether this process writes the logs and results.
 
@@ -603,7 +539,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   optimizer = create_optimizer(
       model, config,
       input_pipeline.num_training_steps(len(splits['train']), config))
-  checkpoints = _Checkpoints(workdir)
+  checkpoints = checkpointing.Checkpoints(workdir)
   progress = checkpoints.restore(model, optimizer) or {
       'best_valid_si_sdri': -np.inf, 'train_seconds': 0.0}
   start_step = int(optimizer.step[...])

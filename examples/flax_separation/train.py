@@ -521,6 +521,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       ``config.param_average_decay`` is not in [0, 1), or
       ``config.batch_size`` or ``config.eval_batch_size`` does not divide by
       the number of devices.
+    checkpointing.DamagedCheckpointError: if every checkpoint of the run,
+      or its best model, is damaged.
   """
   # Settings checked before any data is generated or read.
   loss_registry.get(config.loss)

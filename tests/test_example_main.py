@@ -1,6 +1,7 @@
 """The main job's command line, run for real at a tiny size."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -37,6 +38,24 @@ def test_compares_percentiles_and_writes_table_and_plot(one_seed_run):
     row = by_seed['0']
     assert f'| {label} | 0 | {row["test_si_sdri"]:.2f} |' in completed.stdout
   assert (workdir / 'training_curves.png').stat().st_size > 10_000
+
+
+def test_tables_are_printed_when_the_plot_cannot_be_written(one_seed_run,
+                                                            tmp_path):
+  workdir, flags, completed = one_seed_run
+  workdir = shutil.copytree(workdir, tmp_path / 'run')
+  plot = workdir / 'training_curves.png'
+  plot.unlink()
+  plot.mkdir()
+  flags = [flag for flag in flags if not flag.startswith('--workdir=')]
+  rerun = run_main(f'--workdir={workdir}', *flags)
+  assert rerun.returncode == 1
+  tables = completed.stdout[completed.stdout.index('| run |'):
+                            completed.stdout.index('One seed')]
+  assert tables in rerun.stdout
+  assert rerun.stderr.endswith(
+      "Error: the comparison above could not be saved: [Errno 21] Is a "
+      f"directory: '{plot}'\n")
 
 
 def test_one_seed_says_it_cannot_decide_and_names_the_command(one_seed_run):
@@ -78,17 +97,24 @@ def test_summary_gives_mean_std_and_paired_differences():
   assert '| mean ± std | +0.50 ± 0.50 |' in table
 
 
-def test_bad_percentile_is_a_usage_error(tmp_path):
-  completed = run_main(f'--workdir={tmp_path}', '--percentiles=10,120')
+@pytest.mark.parametrize('percentiles, message', [
+    ('10,120', '--percentiles must be in [0, 100]'),
+    ('', '--percentiles must be one or more numbers in [0, 100], got none'),
+], ids=['out_of_range', 'none'])
+def test_bad_percentiles_are_a_usage_error(tmp_path, percentiles, message):
+  completed = run_main(f'--workdir={tmp_path}', f'--percentiles={percentiles}')
   assert completed.returncode != 0
-  assert '--percentiles must be in [0, 100]' in completed.stderr
+  assert message in completed.stderr
   assert not any(tmp_path.iterdir())
 
 
-def test_bad_seed_is_a_usage_error(tmp_path):
-  completed = run_main(f'--workdir={tmp_path}', '--seeds=0,one')
+@pytest.mark.parametrize('seeds', ['0,one', '-1', ''],
+                         ids=['not_a_number', 'negative', 'none'])
+def test_bad_seeds_are_a_usage_error(tmp_path, seeds):
+  completed = run_main(f'--workdir={tmp_path}', f'--seeds={seeds}')
   assert completed.returncode != 0
-  assert '--seeds must be integers' in completed.stderr
+  assert ('--seeds must be one or more non-negative integers, got '
+          f'{seeds.split(",") if seeds else []}') in completed.stderr
   assert not any(tmp_path.iterdir())
 
 

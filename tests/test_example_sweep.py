@@ -157,7 +157,7 @@ def test_espeak2mix_is_shared_under_the_sweep_workdir(tmp_path):
   assert sweep.cell_dir(tmp_path, 'mi', 90.0) == tmp_path / 'mi' / 'p90'
 
 
-@pytest.mark.parametrize('values', [['10', 'ten'], ['-1'], ['100.5']])
+@pytest.mark.parametrize('values', [['10', 'ten'], ['-1'], ['100.5'], []])
 def test_bad_percentiles_are_a_usage_error(values):
   with pytest.raises(app.UsageError, match='--percentiles must be'):
     cli.parse_percentiles(values)

@@ -267,8 +267,11 @@ def test_unknown_loss_is_rejected_before_data_is_generated(tmp_path):
      r'learning_rate_decay_start must be in \[0, 1\]'),
     ('param_average_decay', 1.0,
      r'config.param_average_decay: decay must be in \[0, 1\)'),
+    ('seed', -1, 'config.seed must be a non-negative integer, got -1'),
+    ('data_seed', -1,
+     'config.data_seed must be a non-negative integer, got -1'),
 ])
-def test_bad_decay_setting_is_rejected_before_data_is_generated(
+def test_bad_setting_is_rejected_before_data_is_generated(
     tmp_path, setting, value, message):
   config = tiny_config(tmp_path / 'data', 1)
   config[setting] = value

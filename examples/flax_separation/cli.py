@@ -62,6 +62,9 @@ def parallel_runs() -> int:
 
 def parse_percentiles(values: Sequence[str]) -> list[float]:
   """Reads ``--percentiles``; raises ``app.UsageError`` unless in [0, 100]."""
+  if not values:
+    raise app.UsageError(
+        '--percentiles must be one or more numbers in [0, 100], got none')
   try:
     percentiles = [float(value) for value in values]
   except ValueError as error:

@@ -17,6 +17,7 @@ again, so adding seeds trains only the new runs.
 
 import json
 import pathlib
+import sys
 from collections.abc import Mapping, Sequence
 
 from absl import app
@@ -109,28 +110,32 @@ def render(summary: dict, seeds: Sequence[int]) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def parse_seeds(values: Sequence[str]) -> list[int]:
+  """Reads ``--seeds``; raises ``app.UsageError`` unless integers >= 0."""
+  if not values or not all(value.strip().isdigit() for value in values):
+    raise app.UsageError('--seeds must be one or more non-negative integers, '
+                         f'got {values}')
+  return [int(value) for value in values]
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
   percentiles = cli.parse_percentiles(FLAGS.percentiles)
-  try:
-    seeds = [int(seed) for seed in FLAGS.seeds]
-  except ValueError as error:
-    raise app.UsageError(f'--seeds must be integers: {error}') from None
+  seeds = parse_seeds(FLAGS.seeds)
   parallel_runs = cli.parallel_runs()
-  workdir = pathlib.Path(FLAGS.workdir)
+  compare(pathlib.Path(FLAGS.workdir), percentiles, seeds, parallel_runs)
+
+
+def compare(workdir: pathlib.Path, percentiles: Sequence[float],
+            seeds: Sequence[int], parallel_runs: int) -> None:
+  """Trains the runs, prints the tables, then writes them and the plot."""
   runs = {(percentile, seed): (
       cli.run_config(FLAGS.config, workdir, percentile, seed),
       workdir / f'seed{seed}' / f'p{percentile:g}')
           for seed in seeds for percentile in percentiles}
   results = dict(train.train_runs(runs, parallel_runs))
-
-  plots.plot_runs(
-      {_label(p): workdir / f'seed{seeds[0]}' / f'p{p:g}' for p in percentiles},
-      workdir / 'training_curves.png',
-      loss_registry.get(FLAGS.config.loss).title)
   summary = summarise(results, percentiles, seeds)
-  (workdir / 'comparison.json').write_text(json.dumps(summary, indent=2))
   print()
   print(render(summary, seeds))
   if len(seeds) == 1 and len(percentiles) > 1:
@@ -140,6 +145,17 @@ def main(argv):
           f'  python -m examples.flax_separation.main --workdir={workdir} '
           '--seeds=0,1,2\n'
           'which reuses the runs finished here.\n')
+  # Written after the tables are printed: a work directory that cannot be
+  # written to still shows the results of its finished runs.
+  try:
+    (workdir / 'comparison.json').write_text(json.dumps(summary, indent=2))
+    plots.plot_runs(
+        {_label(p): workdir / f'seed{seeds[0]}' / f'p{p:g}'
+         for p in percentiles},
+        workdir / 'training_curves.png',
+        loss_registry.get(FLAGS.config.loss).title)
+  except OSError as error:
+    sys.exit(f'Error: the comparison above could not be saved: {error}')
   print(f'plots: {workdir / "training_curves.png"}')
 
 

@@ -518,7 +518,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   Raises:
     ValueError: if ``config.loss`` is unknown,
       ``config.learning_rate_decay_start`` is not in [0, 1],
-      ``config.param_average_decay`` is not in [0, 1), or
+      ``config.param_average_decay`` is not in [0, 1),
+      ``config.seed`` or ``config.data_seed`` is negative, or
       ``config.batch_size`` or ``config.eval_batch_size`` does not divide by
       the number of devices.
     checkpointing.DamagedCheckpointError: if every checkpoint of the run,
@@ -531,6 +532,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     averaging.param_average(config.param_average_decay)
   except ValueError as error:
     raise ValueError(f'config.param_average_decay: {error}') from error
+  for name in ('seed', 'data_seed'):
+    if config[name] < 0:
+      raise ValueError(f'config.{name} must be a non-negative integer, got '
+                       f'{config[name]}')
   mesh = data_parallel_mesh()
   check_batch_divides('batch_size', config.batch_size, mesh)
   check_batch_divides('eval_batch_size', config.eval_batch_size, mesh)

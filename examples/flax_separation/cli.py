@@ -1,13 +1,18 @@
-"""Flags that the example's commands (main, sweep, dynamics) share."""
+"""Flags and error reporting that the example's commands share."""
 
+import contextlib
 import pathlib
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 
 from absl import app
 from absl import flags
 import jax
 import ml_collections
 from ml_collections import config_flags
+
+from examples.flax_separation import checkpointing
+from examples.flax_separation import workdirs
 
 FLAGS = flags.FLAGS
 CONFIGS = pathlib.Path(__file__).parent / 'configs'
@@ -97,3 +102,18 @@ def run_config(config: ml_collections.ConfigDict, workdir: pathlib.Path,
     if config.dataset == 'espeak2mix' and not config.data_dir:
       config.data_dir = str(pathlib.Path(workdir) / 'data')
   return config
+
+
+@contextlib.contextmanager
+def errors_as_messages() -> Iterator[None]:
+  """Ends a command with only the message of an error its user acts on.
+
+  A busy work directory (``workdirs.WorkdirInUseError``) or a damaged
+  checkpoint (``checkpointing.DamagedCheckpointError``) says what to do;
+  a traceback would bury it.
+  """
+  try:
+    yield
+  except (workdirs.WorkdirInUseError,
+          checkpointing.DamagedCheckpointError) as error:
+    sys.exit(f'Error: {error}')

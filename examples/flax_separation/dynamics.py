@@ -19,7 +19,8 @@ Santurkar et al., 2018). Writes ``<workdir>/dynamics_p<percentile>.jsonl``
 and ``<workdir>/figure1.png``: (a) step size and (b) loss over training, and
 one log-log scatter of smoothness against gradient norm per percentile, with
 the Pearson correlation of the logarithms and, for a run that clips, its
-final AutoClip threshold.
+final AutoClip threshold. The command holds ``<workdir>/lock`` while it runs
+(``workdirs.lock``).
 """
 
 from collections.abc import Callable, Mapping
@@ -43,6 +44,7 @@ from examples.flax_separation import input_pipeline
 from examples.flax_separation import loss_registry
 from examples.flax_separation import plots
 from examples.flax_separation import train
+from examples.flax_separation import workdirs
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -204,13 +206,15 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   percentiles = cli.parse_percentiles(FLAGS.percentiles)
   workdir = pathlib.Path(FLAGS.workdir)
-  runs = {}
-  for percentile in percentiles:
-    runs[percentile] = train_and_record(
-        cli.run_config(FLAGS.config, workdir, percentile), workdir,
-        FLAGS.record_every)
-  plot_figure1(runs, workdir / 'figure1.png',
-               loss_registry.get(FLAGS.config.loss).title)
+  workdir.mkdir(parents=True, exist_ok=True)
+  with cli.errors_as_messages(), workdirs.lock(workdir):
+    runs = {}
+    for percentile in percentiles:
+      runs[percentile] = train_and_record(
+          cli.run_config(FLAGS.config, workdir, percentile), workdir,
+          FLAGS.record_every)
+    plot_figure1(runs, workdir / 'figure1.png',
+                 loss_registry.get(FLAGS.config.loss).title)
   for percentile, log_path in runs.items():
     log = plots.read_jsonl(log_path)
     print(f'p={percentile:g}: {len(log["step"])} records, final loss '

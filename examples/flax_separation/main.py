@@ -12,7 +12,9 @@ mean and standard deviation over the seeds and the difference to the last
 percentile seed by seed. Writes ``<workdir>/comparison.json`` and
 ``<workdir>/training_curves.png``. ``--parallel_runs`` runs train at once.
 A run whose ``results.json`` was written with its config is not trained
-again, so adding seeds trains only the new runs.
+again, so adding seeds trains only the new runs. The command holds
+``<workdir>/lock`` while it runs: a second one on the same work directory
+stops at once.
 """
 
 import json
@@ -29,6 +31,7 @@ from examples.flax_separation import cli
 from examples.flax_separation import loss_registry
 from examples.flax_separation import plots
 from examples.flax_separation import train
+from examples.flax_separation import workdirs
 
 FLAGS = cli.FLAGS
 # What one row of the per-run table shows, as in each run's results.json.
@@ -124,7 +127,10 @@ def main(argv):
   percentiles = cli.parse_percentiles(FLAGS.percentiles)
   seeds = parse_seeds(FLAGS.seeds)
   parallel_runs = cli.parallel_runs()
-  compare(pathlib.Path(FLAGS.workdir), percentiles, seeds, parallel_runs)
+  workdir = pathlib.Path(FLAGS.workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  with cli.errors_as_messages(), workdirs.lock(workdir):
+    compare(workdir, percentiles, seeds, parallel_runs)
 
 
 def compare(workdir: pathlib.Path, percentiles: Sequence[float],

@@ -24,6 +24,7 @@ import ml_collections
 from examples.flax_separation import cli
 from examples.flax_separation import loss_registry
 from examples.flax_separation import train
+from examples.flax_separation import workdirs
 
 FLAGS = flags.FLAGS
 
@@ -131,6 +132,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
 
   The table is written before the first cell is trained and again after
   each, so an interrupted sweep leaves the table of the cells it finished.
+  The sweep holds ``workdirs.lock(workdir)`` while it runs.
 
   Args:
     config: the settings shared by every cell.
@@ -141,29 +143,34 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
 
   Returns:
     The final Markdown of ``render_table1``, as in ``<workdir>/table1.md``.
+
+  Raises:
+    workdirs.WorkdirInUseError: if another process holds ``workdir``'s lock.
   """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  cells = [(loss, float(p)) for loss in losses for p in percentiles]
-  configs = {cell: cell_config(config, workdir, *cell) for cell in cells}
-  results = {}
+  with workdirs.lock(workdir):
+    cells = [(loss, float(p)) for loss in losses for p in percentiles]
+    configs = {cell: cell_config(config, workdir, *cell) for cell in cells}
+    results = {}
 
-  def write_table():
-    table = render_table1(config, losses, percentiles, results)
-    (workdir / 'table1.md').write_text(table)
-    return table
+    def write_table():
+      table = render_table1(config, losses, percentiles, results)
+      (workdir / 'table1.md').write_text(table)
+      return table
 
-  table = write_table()
-  runs = {cell: (configs[cell], cell_dir(workdir, *cell)) for cell in cells}
-  num_finished = sum(train.finished_results(directory, cell_config) is not None
-                     for cell_config, directory in runs.values())
-  print(f'{num_finished} of {len(cells)} cells already finished; training '
-        f'{len(cells) - num_finished}')
-  for cell, cell_results in train.train_runs(runs, parallel_runs):
-    results[cell] = cell_results
-    print(f'[{len(results)}/{len(cells)}] {cell_dir(workdir, *cell)}')
     table = write_table()
-  return table
+    runs = {cell: (configs[cell], cell_dir(workdir, *cell)) for cell in cells}
+    num_finished = sum(
+        train.finished_results(directory, cell_config) is not None
+        for cell_config, directory in runs.values())
+    print(f'{num_finished} of {len(cells)} cells already finished; training '
+          f'{len(cells) - num_finished}')
+    for cell, cell_results in train.train_runs(runs, parallel_runs):
+      results[cell] = cell_results
+      print(f'[{len(results)}/{len(cells)}] {cell_dir(workdir, *cell)}')
+      table = write_table()
+    return table
 
 
 def main(argv):
@@ -176,8 +183,9 @@ def main(argv):
       loss_registry.get(loss)
   except ValueError as error:
     raise app.UsageError(str(error)) from None
-  print(run_sweep(config, FLAGS.workdir, FLAGS.losses, percentiles,
-                  cli.parallel_runs()))
+  with cli.errors_as_messages():
+    print(run_sweep(config, FLAGS.workdir, FLAGS.losses, percentiles,
+                    cli.parallel_runs()))
 
 
 if __name__ == '__main__':

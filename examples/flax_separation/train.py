@@ -9,7 +9,8 @@ masks.
 ``checkpoints/`` (the latest state, every ``checkpoint_every_steps``),
 ``best/`` (the model with the best validation SI-SDRi), ``log.jsonl`` (one
 line per training step), ``validation.jsonl``, ``results.json`` (test
-SI-SDR and SI-SDRi) and ``separated/`` (a few separated test mixtures).
+SI-SDR and SI-SDRi), ``separated/`` (a few separated test mixtures) and
+``lock`` (``workdirs.lock``: one run at a time).
 An interrupted run started again with the same config resumes from its last
 whole checkpoint (``checkpointing``), killed at whatever moment, with the
 same data order and identical next steps.
@@ -507,6 +508,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   The model validated, kept and tested is the moving average of the
   parameters (``config.param_average_decay``; 0 is the trained network).
+  The run holds ``workdirs.lock(workdir)`` from before its data is read
+  until it ends.
 
   Args:
     config: hyperparameters, as in ``configs/default.py``.
@@ -522,6 +525,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       ``config.seed`` or ``config.data_seed`` is negative, or
       ``config.batch_size`` or ``config.eval_batch_size`` does not divide by
       the number of devices.
+    workdirs.WorkdirInUseError: if another run is writing in ``workdir``.
     checkpointing.DamagedCheckpointError: if every checkpoint of the run,
       or its best model, is damaged.
   """
@@ -541,6 +545,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   check_batch_divides('eval_batch_size', config.eval_batch_size, mesh)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  with workdirs.lock(workdir):
+    return _train_and_evaluate(config, workdir, mesh)
+
+
+def _train_and_evaluate(config, workdir, mesh):
+  """``train_and_evaluate`` with its settings checked, holding the lock."""
   splits = input_pipeline.load_splits(config, workdir)
   model = create_model(config)
   optimizer = create_optimizer(

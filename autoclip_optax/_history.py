@@ -202,9 +202,10 @@ def with_history(state: optax.OptState, norms) -> optax.OptState:
   """Returns ``state`` with its window holding the last finite ``norms``.
 
   The window (``history``, ``ranks``, ``newest_rank``, ``oldest``,
-  ``next_slot`` and ``count``) becomes exactly what recording ``norms`` one by one into a
-  fresh state gives, so the next step is the same, bit for bit. Other
-  fields (the last threshold, the counters, a wrapped inner state) are kept.
+  ``next_slot`` and ``count``) becomes exactly what recording ``norms`` one
+  by one into a fresh state gives, so the next step is the same, bit for
+  bit. Other fields (the last threshold, the counters, a wrapped inner
+  state) are kept.
   Runs on the host: call it outside ``jit``.
 
   Args:

@@ -66,7 +66,8 @@ def test_window_is_never_copied_on_gpu_nor_copied_whole_on_tpu(target,
   else:
     # XLA:TPU may stage a window through on-chip memory with copy-start;
     # a plain copy would mean an update that is not in place.
-    assert not [copy for copy in window_copies(text) if 'copy-start' not in copy]
+    assert not [copy for copy in window_copies(text)
+                if 'copy-start' not in copy]
 
 
 @pytest.mark.parametrize('target', TARGETS)

@@ -94,7 +94,8 @@ def test_recorded_norms_are_oldest_first():
 def in_rank_order(state, group):
   """A group's ring, ordered by the ranks the state holds."""
   ranks = np.array(state.ranks[group])
-  ranks[(int(state.next_slot[group]) - 1) % len(ranks)] = state.newest_rank[group]
+  newest = (int(state.next_slot[group]) - 1) % len(ranks)
+  ranks[newest] = state.newest_rank[group]
   return np.asarray(state.history[group])[np.argsort(ranks)]
 
 

@@ -93,15 +93,13 @@ def record(history: NormHistory, norm: jax.Array,
   replaced = _window.replace_and_select(
       history.history, history.ranks, history.newest_rank,
       history.next_slot, history.oldest, norm, finite, lower, upper)
-  next_slot = jnp.where(finite, (history.next_slot + 1) % max_history,
-                        history.next_slot)
   return NormHistory(
       count=count,
       history=replaced.values,
       ranks=replaced.ranks,
       newest_rank=replaced.newest_rank,
       oldest=replaced.next_leaving,
-      next_slot=next_slot,
+      next_slot=replaced.next_slot,
   ), _percentile.interpolate(replaced.lower_value, replaced.upper_value,
                              weight, num_filled)
 
@@ -205,8 +203,7 @@ def with_history(state: optax.OptState, norms) -> optax.OptState:
   ``next_slot`` and ``count``) becomes exactly what recording ``norms`` one
   by one into a fresh state gives, so the next step is the same, bit for
   bit. Other fields (the last threshold, the counters, a wrapped inner
-  state) are kept.
-  Runs on the host: call it outside ``jit``.
+  state) are kept. Runs on the host: call it outside ``jit``.
 
   Args:
     state: an :class:`AutoClipState` or :class:`SkipSpikesState`, or any

@@ -34,7 +34,8 @@ class Replaced(NamedTuple):
   values: jax.Array  # ``[..., H]``, the ring with the arriving value in.
   ranks: jax.Array  # ``[..., H]``, int32, the placeholder at the newest slot.
   newest_rank: jax.Array  # int32, the newest slot's rank.
-  next_leaving: jax.Array  # The value after the newest slot: next to leave.
+  next_slot: jax.Array  # int32, the slot after the newest: the next to go.
+  next_leaving: jax.Array  # The value in that slot.
   lower_value: jax.Array  # The value of rank ``lower`` in the new window.
   upper_value: jax.Array  # The value of rank ``upper`` in the new window.
 
@@ -183,6 +184,7 @@ def replace_and_select(values: jax.Array, ranks: jax.Array,
       values=values,
       ranks=ranks,
       newest_rank=newest_rank,
+      next_slot=next_slot,
       next_leaving=sums[..., 4],
       lower_value=value_of_rank(lower, sums[..., 1]),
       upper_value=value_of_rank(upper, sums[..., 2]),

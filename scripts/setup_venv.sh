@@ -7,9 +7,16 @@
 # TPU and NVIDIA GPU on a machine without them (the aot extra, and the CUDA
 # plugin of the same jax version without the CUDA libraries it would pull).
 # Run it with JAX_PLATFORMS=cpu: with libtpu installed, JAX looks for a TPU.
+# With --docs, creates .venv-docs: the library with the docs extra (Sphinx,
+# MyST, the theme, Flax for the recipes), ruff, and the packaging tools
+# (build, twine), kept apart from .venv so that none of them moves its pins.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-if [ "${1:-}" = --aot ]; then
+if [ "${1:-}" = --docs ]; then
+  venv="$root/.venv-docs"
+  requirements=(ruff==0.17.6 build twine)
+  target="$root[docs]"
+elif [ "${1:-}" = --aot ]; then
   venv="$root/.venv-aot"
   requirements=(pytest)
   target="$root[aot]"

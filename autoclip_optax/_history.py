@@ -246,7 +246,20 @@ def with_history(state: optax.OptState, norms) -> optax.OptState:
   return jax.tree.map(seed, state, is_leaf=_has_history)
 
 
-def recorded_norms(state: optax.OptState) -> np.ndarray | list[np.ndarray]:
+def _all_histories(state) -> list:
+  """Every state in ``state`` with the history fields, outer before inner."""
+  found = []
+  for node in _histories(state):
+    found.append(node)
+    found.extend(_all_histories(
+        [value for field, value in node._asdict().items()
+         if field not in NormHistory._fields]))
+  return found
+
+
+def recorded_norms(
+    state: optax.OptState, state_type: type | None = None,
+) -> np.ndarray | list[np.ndarray]:
   """The finite norms in a state's window, oldest first.
 
   Feed them to :func:`with_history` to move a window into a state with
@@ -255,19 +268,62 @@ def recorded_norms(state: optax.OptState) -> np.ndarray | list[np.ndarray]:
 
   Args:
     state: an :class:`AutoClipState` or :class:`SkipSpikesState`, or an
-      optimizer state holding exactly one of them outside another.
+      optimizer state holding them (a chain's tuple, a wrapper's state).
+    state_type: which window to read when ``state`` holds several, for
+      example ``skip_spikes(optax.chain(autoclip(...), ...))``'s state,
+      which holds :func:`skip_spikes`' window and :func:`autoclip`'s:
+      :class:`AutoClipState` or :class:`SkipSpikesState`. ``None`` (the
+      default) reads the only window there is.
 
   Returns:
     float32, 1-D; with ``group_by``, a list of them, one per group.
 
   Raises:
-    ValueError: ``state`` holds no window, or more than one.
+    ValueError: ``state`` holds no window; or several and ``state_type`` is
+      ``None``; or several of ``state_type`` (pass the one you want, such
+      as ``state[0]``).
+    TypeError: ``state_type`` is not a state type with a window.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> from autoclip_optax import AutoClipState, autoclip, recorded_norms
+    >>> from autoclip_optax import skip_spikes
+    >>> tx = skip_spikes(optax.chain(autoclip(10.0, max_history=2),
+    ...                              optax.sgd(1.0)),
+    ...                  max_history=3, min_history=3)
+    >>> state = tx.init({'w': jnp.zeros(1)})
+    >>> for g in [1.0, 2.0, 3.0]:
+    ...   _, state = tx.update({'w': jnp.array([g])}, state)
+    >>> print(recorded_norms(state, AutoClipState))
+    [2. 3.]
   """
-  found = _histories(state)
-  if len(found) != 1:
+  if state_type is not None and not (
+      isinstance(state_type, type) and all(
+          field in getattr(state_type, '_fields', ())
+          for field in NormHistory._fields)):
+    raise TypeError(
+        'state_type must be AutoClipState or SkipSpikesState (a state type '
+        f'with a window), got {state_type!r}')
+  found = _all_histories(state)
+  if state_type is not None:
+    found = [node for node in found if isinstance(node, state_type)]
+  names = ', '.join(type(node).__name__ for node in found)
+  if not found:
+    wanted = ('AutoClipState or SkipSpikesState' if state_type is None
+              else state_type.__name__)
     raise ValueError(
-        'state must hold exactly one AutoClipState or SkipSpikesState (pass '
-        f'the one you want), found {len(found)}')
+        f'state holds no window to read: no {wanted} in a '
+        f'{type(state).__name__}')
+  if len(found) > 1 and state_type is None:
+    raise ValueError(
+        f'state holds {len(found)} windows ({names}, outer first): pass '
+        'state_type=AutoClipState or state_type=SkipSpikesState to say '
+        'which to read')
+  if len(found) > 1:
+    raise ValueError(
+        f'state holds {len(found)} windows of type {state_type.__name__}: '
+        'pass the state of the one you want (state[0], say)')
   history = of(found[0])
   rows = [np.roll(np.asarray(ring), -int(slot))
           for ring, slot in zip(np.atleast_2d(history.history),

@@ -7,6 +7,8 @@ import numpy as np
 import optax
 import pytest
 
+from autoclip_optax import AutoClipState
+from autoclip_optax import SkipSpikesState
 from autoclip_optax import autoclip
 from autoclip_optax import recorded_norms
 from autoclip_optax import skip_spikes
@@ -137,8 +139,50 @@ def test_wrong_shape_of_norms_raises():
 def test_state_without_a_window_raises():
   with pytest.raises(ValueError, match='state holds no AutoClipState'):
     with_history(optax.adam(1e-3).init({'w': jnp.zeros(1)}), [1.0])
-  with pytest.raises(ValueError, match='exactly one AutoClipState'):
+  with pytest.raises(ValueError, match='state holds no window to read'):
     recorded_norms(optax.adam(1e-3).init({'w': jnp.zeros(1)}))
+
+
+def nested_windows_state(norms):
+  """skip_spikes(chain(autoclip)) after these norms, none skipped."""
+  tx = skip_spikes(optax.chain(autoclip(10, max_history=8), optax.sgd(1.0)),
+                   factor=1e6, max_history=3, min_history=3)
+  return record_one_by_one(tx, [{'w': jnp.array([norm])} for norm in norms],
+                           {'w': jnp.zeros(1)})
+
+
+@pytest.mark.parametrize('state_type, window', [(AutoClipState, 8),
+                                                (SkipSpikesState, 3)])
+def test_recorded_norms_reads_the_window_of_the_state_type_asked(
+    state_type, window):
+  norms = np.random.default_rng(0).lognormal(size=12).astype(np.float32)
+  state = nested_windows_state(norms)
+  # Each window holds the last norms that went through it (none skipped).
+  np.testing.assert_array_equal(recorded_norms(state, state_type),
+                                norms[-window:])
+
+
+def test_recorded_norms_of_nested_windows_without_a_state_type_raises():
+  state = nested_windows_state([1.0, 2.0])
+  with pytest.raises(ValueError, match=r'2 windows \(SkipSpikesState, '
+                     r'AutoClipState, outer first\): pass state_type='):
+    recorded_norms(state)
+
+
+def test_recorded_norms_of_two_windows_of_one_type_raises():
+  tx = optax.chain(autoclip(10, 4), autoclip(50, 4))
+  state = tx.init({'w': jnp.zeros(1)})
+  with pytest.raises(ValueError, match='2 windows of type AutoClipState'):
+    recorded_norms(state, AutoClipState)
+  np.testing.assert_array_equal(recorded_norms(state[1]), [])
+
+
+def test_recorded_norms_with_a_type_that_has_no_window_raises():
+  state = autoclip(10, 4).init({'w': jnp.zeros(1)})
+  with pytest.raises(TypeError, match='state_type must be AutoClipState'):
+    recorded_norms(state, optax.ScaleByAdamState)
+  with pytest.raises(ValueError, match='no SkipSpikesState in a AutoClipState'):
+    recorded_norms(state, SkipSpikesState)
 
 
 def test_negative_norms_raise():

@@ -14,7 +14,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 if [ "${1:-}" = --docs ]; then
   venv="$root/.venv-docs"
-  requirements=(ruff==0.17.6 build twine)
+  requirements=(ruff==0.16.4 build twine)
   target="$root[docs]"
 elif [ "${1:-}" = --aot ]; then
   venv="$root/.venv-aot"

@@ -1,0 +1,103 @@
+"""Trains a small model with autoclip as one of several JAX processes.
+
+Started by test_multiprocess.py, as 2 processes of 2 host devices each
+(JAX's multi-controller runtime, gloo collectives on CPU) or as 1 process of
+4 devices. The parameters and the batch are sharded over all 4 devices; each
+process feeds its own rows of every batch. Writes, per process, the global
+parameters, updates and optimizer state after every step to an ``.npz``.
+
+Usage: python -m tests.multiprocess_child VARIANT OUT NUM_PROCESSES
+  PROCESS_ID COORDINATOR_ADDRESS
+"""
+
+import sys
+
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
+import numpy as np
+import optax
+
+from autoclip_optax import autoclip
+from autoclip_optax import skip_spikes
+
+NUM_DEVICES = 4
+NUM_STEPS = 60
+BATCH_SIZE = 16
+NUM_FEATURES = 8
+
+
+def optimizer(variant: str) -> optax.GradientTransformation:
+  clipped_adam = lambda **kwargs: optax.chain(autoclip(10, 32, **kwargs),
+                                              optax.adam(1e-2))
+  return {
+      'global': clipped_adam,
+      'leaf': lambda: clipped_adam(group_by='leaf'),
+      'skip_spikes': lambda: skip_spikes(clipped_adam(), min_history=5),
+  }[variant]()
+
+
+def global_batch(step: int) -> tuple[np.ndarray, np.ndarray]:
+  """The same batch in every process; one step in 8 has a spike."""
+  rng = np.random.default_rng(step)
+  inputs = rng.normal(size=(BATCH_SIZE, NUM_FEATURES)).astype(np.float32)
+  scale = 30.0 if step % 8 == 7 else 1.0
+  targets = scale * rng.normal(size=(BATCH_SIZE, 4)).astype(np.float32)
+  return inputs, targets
+
+
+def main(variant, out, num_processes, process_id, coordinator_address):
+  if num_processes > 1:
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes,
+                               process_id=process_id)
+  assert jax.device_count() == NUM_DEVICES, jax.devices()
+  mesh = jax.make_mesh((NUM_DEVICES,), ('data',))
+  with jax.set_mesh(mesh):
+    train(variant, out, num_processes, process_id, mesh)
+
+
+def train(variant, out, num_processes, process_id, mesh):
+  """Trains for ``NUM_STEPS`` and writes the record; see the docstring."""
+  rows = NamedSharding(mesh, PartitionSpec('data'))
+  replicated = NamedSharding(mesh, PartitionSpec())
+  param_shardings = {'w': rows, 'b': replicated}
+  params = jax.jit(
+      lambda: {'w': jnp.linspace(-1.0, 1.0, NUM_FEATURES * 4,
+                                 dtype=jnp.float32).reshape(NUM_FEATURES, 4),
+               'b': jnp.zeros((4,), jnp.float32)},
+      out_shardings=param_shardings)()
+  tx = optimizer(variant)
+  state = jax.jit(tx.init)(params)
+
+  @jax.jit
+  def train_step(params, state, inputs, targets):
+    def loss(params):
+      predictions = inputs @ params['w'] + params['b']
+      return jnp.mean((predictions - targets) ** 2)
+
+    updates, state = tx.update(jax.grad(loss)(params), state, params)
+    return optax.apply_updates(params, updates), state, updates
+
+  local_rows = slice(process_id * BATCH_SIZE // num_processes,
+                     (process_id + 1) * BATCH_SIZE // num_processes)
+  record = {}
+  for step in range(NUM_STEPS):
+    inputs, targets = (
+        multihost_utils.host_local_array_to_global_array(
+            array[local_rows], mesh, PartitionSpec('data'))
+        for array in global_batch(step))
+    params, state, updates = train_step(params, state, inputs, targets)
+    fetched = multihost_utils.process_allgather(
+        {'params': params, 'updates': updates, 'state': state}, tiled=True)
+    for path, value in jax.tree_util.tree_leaves_with_path(fetched):
+      record.setdefault(jax.tree_util.keystr(path), []).append(value)
+  np.savez(out, **{name: np.stack(values) for name, values in record.items()})
+
+
+if __name__ == '__main__':
+  main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]),
+       sys.argv[5])

@@ -1,0 +1,87 @@
+"""Autoclip as 2 JAX processes (multi-controller, gloo), against 1 process.
+
+Each run trains the same small model for 60 steps on 4 host devices: as 2
+processes of 2 devices, which meet through ``jax.distributed``, or as 1
+process of 4. See ``multiprocess_child.py``.
+"""
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+TIMEOUT_SECONDS = 300
+
+
+def free_port() -> int:
+  with socket.socket() as probe:
+    probe.bind(('127.0.0.1', 0))
+    return probe.getsockname()[1]
+
+
+def run_processes(variant, tmp_path, num_processes):
+  """Starts the processes, waits for all, returns each one's record."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=(
+      f'--xla_force_host_platform_device_count={4 // num_processes}'))
+  address = f'127.0.0.1:{free_port()}'
+  outputs = [tmp_path / f'{variant}-{num_processes}-{index}.npz'
+             for index in range(num_processes)]
+  processes = [
+      subprocess.Popen(
+          [sys.executable, '-m', 'tests.multiprocess_child', variant,
+           str(out), str(num_processes), str(index), address],
+          cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+          stderr=subprocess.STDOUT, text=True)
+      for index, out in enumerate(outputs)]
+  try:
+    logs = [process.communicate(timeout=TIMEOUT_SECONDS)[0]
+            for process in processes]
+  finally:
+    for process in processes:
+      process.kill()
+  for process, log in zip(processes, logs):
+    assert process.returncode == 0, log[-3000:]
+  return [dict(np.load(out)) for out in outputs]
+
+
+@pytest.fixture(scope='module', params=['global', 'leaf', 'skip_spikes'])
+def runs(request, tmp_path_factory):
+  tmp_path = tmp_path_factory.mktemp(request.param)
+  return (run_processes(request.param, tmp_path, 2),
+          run_processes(request.param, tmp_path, 1)[0])
+
+
+def test_both_processes_hold_the_same_state_bit_for_bit(runs):
+  (first, second), _ = runs
+  assert first.keys() == second.keys()
+  for name in first:
+    np.testing.assert_array_equal(first[name], second[name], err_msg=name)
+
+
+def test_autoclip_clipped_and_recorded_in_the_two_process_run(runs):
+  (first, _), _ = runs
+  thresholds = next(value for name, value in first.items()
+                    if name.endswith('.threshold'))
+  norms = next(value for name, value in first.items()
+               if name.endswith('.grad_norm'))
+  assert np.isfinite(thresholds[-1]).all()
+  assert (norms[1:] > thresholds[1:]).any()  # It did clip.
+
+
+def test_two_processes_equal_one_process_of_four_devices(runs):
+  # Both sum the squares and gradients of 4 shards, in an order that XLA's
+  # in-process all-reduce and gloo's need not share, so equal to float32
+  # rounding, not bit for bit; the integer state (counts, ranks) is exact.
+  (two_processes, _), one_process = runs
+  assert two_processes.keys() == one_process.keys()
+  for name, value in one_process.items():
+    if np.issubdtype(value.dtype, np.integer):
+      np.testing.assert_array_equal(two_processes[name], value, err_msg=name)
+    else:
+      np.testing.assert_allclose(two_processes[name], value, rtol=2e-5,
+                                 atol=1e-6, err_msg=name)

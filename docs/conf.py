@@ -39,3 +39,5 @@ html_title = 'autoclip-optax'
 html_theme_options = {
     'show_toc_level': 2,
 }
+html_static_path = ['_static']
+html_css_files = ['wide_tables.css']

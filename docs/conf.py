@@ -9,7 +9,7 @@ import autoclip_optax
 
 project = 'autoclip-optax'
 author = 'autoclip-optax authors'
-copyright = '2026, autoclip-optax authors'  # noqa: A001 (Sphinx's name)
+copyright = '2026, autoclip-optax authors'
 release = autoclip_optax.__version__
 version = release
 

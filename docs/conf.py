@@ -5,6 +5,8 @@ Built by ``bash .ci/run`` (and by hand, see CONTRIBUTING.md) with
 ``{testcode}`` block on every page runs).
 """
 
+import pathlib
+
 import autoclip_optax
 
 project = 'autoclip-optax'
@@ -31,8 +33,11 @@ napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 
 # The docstrings' ``>>>`` examples run under pytest --doctest-modules; the
-# doctest builder runs the pages' {testcode} blocks.
+# doctest builder runs the pages' {testcode} blocks, and index.md runs the
+# README's usage block from this path.
 doctest_test_doctest_blocks = ''
+doctest_global_setup = (
+    f'README = {str(pathlib.Path(__file__).parents[1] / "README.md")!r}')
 
 html_theme = 'sphinx_book_theme'
 html_title = 'autoclip-optax'

@@ -13,7 +13,10 @@ import jax
 import numpy as np
 import soundfile as sf
 
+from examples.flax_separation import configs
+from examples.flax_separation import evaluation
 from examples.flax_separation import input_pipeline
+from examples.flax_separation import sharding
 from examples.flax_separation import spectral
 from examples.flax_separation import train
 from examples.flax_separation.configs import default
@@ -42,10 +45,10 @@ def train_on(mesh, batches):
   config = tiny_config()
   model = train.create_model(config)
   optimizer = train.create_optimizer(model, config, NUM_STEPS)
-  train.replicate(mesh, model, optimizer)
+  sharding.replicate(mesh, model, optimizer)
   records = []
   for local_rows in batches:
-    mixture, sources = train.shard_batch(mesh, local_rows)
+    mixture, sources = sharding.shard_batch(mesh, local_rows)
     assert len({shard.device for shard in mixture.addressable_shards}) == (
         mesh.size)
     assert mixture.addressable_shards[0].data.shape == (
@@ -72,8 +75,8 @@ def write_test_split(directory, lengths):
 
 def main(scratch):
   assert jax.device_count() == NUM_DEVICES, jax.devices()
-  one = train.data_parallel_mesh(jax.devices()[:1])
-  eight = train.data_parallel_mesh()
+  one = sharding.data_parallel_mesh(jax.devices()[:1])
+  eight = sharding.data_parallel_mesh()
   assert eight.size == NUM_DEVICES
   batches = random_batches(np.random.default_rng(0))
   model_one, records_one, params_one = train_on(one, batches)
@@ -94,14 +97,17 @@ def main(scratch):
   # Eleven mixtures in batches of 8: the last batch has 5 padding rows.
   split = write_test_split(pathlib.Path(scratch), [300 + 37 * i
                                                    for i in range(11)])
-  scores_one = train.evaluate(model_one, split, NUM_DEVICES, mesh=one)
-  scores_eight = train.evaluate(model_eight, split, NUM_DEVICES, mesh=eight)
+  scores_one = evaluation.evaluate(model_one, split, NUM_DEVICES, mesh=one)
+  scores_eight = evaluation.evaluate(model_eight, split, NUM_DEVICES,
+                                     mesh=eight)
   for score_one, score_eight in zip(scores_one, scores_eight):
     assert score_one.shape == (11, 2) and np.isfinite(score_one).all()
     np.testing.assert_allclose(score_eight, score_one, rtol=1e-3, atol=1e-3)
 
+  config = tiny_config()
+  config.batch_size = 12
   try:
-    train.check_batch_divides('batch_size', 12, eight)
+    configs.validate(config)
   except ValueError as error:
     assert str(error) == (
         'config.batch_size (12) must divide by the number of devices (8): '

@@ -2,10 +2,10 @@
 
 Every run here is the same tiny run of two epochs of 4 steps, validated and
 checkpointed after steps 3, 4, 6 and 8; whatever happened to it, it must end
-with the results and logs of the same run left alone (``straight``).
+with the results and logs of the same run left alone (``straight_run``, in
+``conftest.py``).
 """
 
-import json
 import os
 import re
 import shutil
@@ -19,9 +19,9 @@ import pytest
 
 from examples.flax_separation import checkpointing
 from examples.flax_separation import train
-from tests.test_example_train import read_log
-from tests.test_example_train import tiny_config
-from tests.test_example_train import train_until
+from tests.example_helpers import assert_same_run
+from tests.example_helpers import tiny_config
+from tests.example_helpers import train_until
 
 
 def run_config(data_dir):
@@ -31,23 +31,11 @@ def run_config(data_dir):
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp('espeak2mix')
-
-
-@pytest.fixture(scope='module')
-def straight(tmp_path_factory, data_dir):
-  """The work directory of the run, uninterrupted."""
-  workdir = tmp_path_factory.mktemp('straight')
-  train.train_and_evaluate(run_config(data_dir), workdir)
-  return workdir
-
-
-@pytest.fixture(scope='module')
-def interrupted(tmp_path_factory, data_dir):
+def interrupted(tmp_path_factory, espeak2mix_dir, compilation_cache):
   """The run stopped after step 6: checkpoints 4 and 6, best model 3."""
   workdir = tmp_path_factory.mktemp('interrupted')
-  train_until(6, pytest.MonkeyPatch(), run_config(data_dir), workdir)
+  with compilation_cache():
+    train_until(6, run_config(espeak2mix_dir), workdir)
   assert sorted(path.name for path in
                 (workdir / 'checkpoints').iterdir()) == ['4', '6']
   assert [path.name for path in (workdir / 'best').iterdir()] == ['3']
@@ -56,18 +44,6 @@ def interrupted(tmp_path_factory, data_dir):
 
 def copy_of(workdir, tmp_path):
   return shutil.copytree(workdir, tmp_path / 'run')
-
-
-def assert_same_run(workdir, straight_workdir):
-  """The results (but the time taken) and the logs are the straight run's."""
-  results, expected = (
-      json.loads((directory / 'results.json').read_text())
-      for directory in (workdir, straight_workdir))
-  del results['train_seconds'], expected['train_seconds']
-  assert results == expected
-  assert read_log(workdir) == read_log(straight_workdir)
-  assert ((workdir / 'validation.jsonl').read_text()
-          == (straight_workdir / 'validation.jsonl').read_text())
 
 
 def largest_file(step_dir):
@@ -101,23 +77,23 @@ DAMAGES = {'random_bytes': write_random_bytes, 'truncated': truncate,
 
 @pytest.mark.parametrize('damage', DAMAGES)
 def test_damaged_checkpoint_is_set_aside_and_the_one_before_resumes(
-    interrupted, straight, data_dir, tmp_path, caplog, damage):
+    interrupted, straight_run, espeak2mix_dir, tmp_path, caplog, damage):
   workdir = copy_of(interrupted, tmp_path)
   step_dir = workdir / 'checkpoints' / '6'
   damaged_file = DAMAGES[damage](step_dir)
   damaged_bytes = damaged_file.read_bytes()
-  train.train_and_evaluate(run_config(data_dir), workdir)
+  train.train_and_evaluate(run_config(espeak2mix_dir), workdir)
   assert (f'Checkpoint step 6 is damaged: {damaged_file} does not match its '
           'checksum') in caplog.text
   assert 'resuming from step 4' in caplog.text
   set_aside = workdir / 'damaged' / 'checkpoints-6'
   assert (set_aside / damaged_file.relative_to(step_dir)).read_bytes() == (
       damaged_bytes)
-  assert_same_run(workdir, straight)
+  assert_same_run(workdir, straight_run)
 
 
 def test_every_checkpoint_damaged_is_one_error_naming_each_file(
-    interrupted, data_dir, tmp_path):
+    interrupted, espeak2mix_dir, tmp_path):
   workdir = copy_of(interrupted, tmp_path)
   newer = write_random_bytes(workdir / 'checkpoints' / '6')
   older = empty_progress(workdir / 'checkpoints' / '4')
@@ -126,42 +102,42 @@ def test_every_checkpoint_damaged_is_one_error_naming_each_file(
              f'was saved; step 4: {older} does not match')
   with pytest.raises(checkpointing.DamagedCheckpointError,
                      match=re.escape(message)):
-    train.train_and_evaluate(run_config(data_dir), workdir)
+    train.train_and_evaluate(run_config(espeak2mix_dir), workdir)
   assert sorted(path.name for path in
                 (workdir / 'checkpoints').iterdir()) == ['4', '6']
 
 
 def test_damaged_best_model_is_one_error_naming_the_file_and_step(
-    interrupted, data_dir, tmp_path):
+    interrupted, espeak2mix_dir, tmp_path):
   workdir = copy_of(interrupted, tmp_path)
   damaged_file = write_random_bytes(workdir / 'best' / '3')
   with pytest.raises(checkpointing.DamagedCheckpointError,
                      match=re.escape(f'saved at step 3, is damaged: '
                                      f'{damaged_file} does not match')):
-    train.train_and_evaluate(run_config(data_dir), workdir)
+    train.train_and_evaluate(run_config(espeak2mix_dir), workdir)
   assert not (workdir / 'results.json').exists()
 
 
 def test_log_line_cut_by_a_kill_is_dropped_on_resume(
-    interrupted, straight, data_dir, tmp_path):
+    interrupted, straight_run, espeak2mix_dir, tmp_path):
   workdir = copy_of(interrupted, tmp_path)
   for log, cut_line in (('log.jsonl', '{"step": 7, "loss": 0.2'),
                         ('validation.jsonl', '{"step": 8, "si_sd')):
     with (workdir / log).open('a') as file:
       file.write(cut_line)
-  train.train_and_evaluate(run_config(data_dir), workdir)
-  assert_same_run(workdir, straight)
+  train.train_and_evaluate(run_config(espeak2mix_dir), workdir)
+  assert_same_run(workdir, straight_run)
 
 
 def test_log_line_before_the_last_that_is_not_json_is_an_error(
-    interrupted, data_dir, tmp_path):
+    interrupted, espeak2mix_dir, tmp_path):
   workdir = copy_of(interrupted, tmp_path)
   lines = (workdir / 'log.jsonl').read_text().splitlines()
   lines[2] = 'not json'
   (workdir / 'log.jsonl').write_text('\n'.join(lines) + '\n')
   with pytest.raises(ValueError, match=re.escape(
       f"{workdir / 'log.jsonl'}, line 3, is not JSON: 'not json'")):
-    train.train_and_evaluate(run_config(data_dir), workdir)
+    train.train_and_evaluate(run_config(espeak2mix_dir), workdir)
 
 
 # The run in a process of its own, which kills itself with SIGKILL at
@@ -176,9 +152,11 @@ import sys
 
 from examples.flax_separation import checkpointing
 from examples.flax_separation import train
-from tests.test_example_checkpointing import run_config
+from tests.example_helpers import tiny_config
 
 data_dir, workdir, point, kill_step = sys.argv[1:]
+config = tiny_config(data_dir, 2)
+config.log_every_steps = 1
 
 
 def kill_before(owner, name, step_of):
@@ -200,24 +178,19 @@ elif point == 'before-checksums':
               lambda step_dir: (int(step_dir.name)
                                 if step_dir.parent.name == 'checkpoints'
                                 else None))
-train.train_and_evaluate(run_config(data_dir), workdir)
+train.train_and_evaluate(config, workdir)
 """
 
 
 def test_run_killed_at_any_moment_resumes_to_the_uninterrupted_results(
-    straight, data_dir, tmp_path):
+    straight_run, espeak2mix_dir, tmp_path):
   workdir = tmp_path / 'run'
-  # The later processes load the programs the first compiled.
-  env = {**os.environ,
-         'JAX_COMPILATION_CACHE_DIR': str(tmp_path / 'compiled'),
-         'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
-         'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
 
   def start(point='none', step=0):
     with (tmp_path / 'stderr').open('w') as stderr:
       return subprocess.Popen(
-          [sys.executable, '-c', _KILLED_RUN, str(data_dir), str(workdir),
-           point, str(step)], env=env, stdout=subprocess.DEVNULL,
+          [sys.executable, '-c', _KILLED_RUN, str(espeak2mix_dir),
+           str(workdir), point, str(step)], stdout=subprocess.DEVNULL,
           stderr=stderr)
 
   def ended_by(process, signal_number):
@@ -244,4 +217,4 @@ def test_run_killed_at_any_moment_resumes_to_the_uninterrupted_results(
   ended_by(process, signal.SIGKILL)
   # To the end.
   ended_by(start(), 0)
-  assert_same_run(workdir, straight)
+  assert_same_run(workdir, straight_run)

@@ -1,8 +1,6 @@
 """Tests of the separation example's Figure 1: the smoothness estimate."""
 
 import json
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -11,8 +9,9 @@ import pytest
 
 from examples.flax_separation import dynamics
 from examples.flax_separation.configs import default
-from tests.test_example_sweep import config_flags_for
-from tests.test_example_train import tiny_config
+from tests.example_helpers import config_flags_for
+from tests.example_helpers import run_command
+from tests.example_helpers import tiny_config
 
 EIGENVALUES = np.array([0.5, 2.0, 3.0, 7.0])
 
@@ -83,14 +82,13 @@ def test_log_log_pearson_ignores_zero_and_non_finite_points():
   assert dynamics.log_log_pearson(x, y) == pytest.approx(1.0)
 
 
-def test_command_writes_the_logs_and_the_figure(tmp_path):
+def test_command_writes_the_logs_and_the_figure(tmp_path, espeak2mix_dir):
   workdir = tmp_path / 'dynamics'
-  config = tiny_config(tmp_path / 'espeak2mix', 1)
-  subprocess.run(
-      [sys.executable, '-m', 'examples.flax_separation.dynamics',
-       f'--workdir={workdir}', '--percentiles=10,100', '--record_every=2',
-       *config_flags_for(config, default.get_config())],
-      capture_output=True, text=True, check=True)
+  completed = run_command(
+      'dynamics', f'--workdir={workdir}', '--percentiles=10,100',
+      '--record_every=2', *config_flags_for(tiny_config(espeak2mix_dir),
+                                            default.get_config()))
+  assert completed.returncode == 0, completed.stderr
   for percentile in (10, 100):
     records = [json.loads(line) for line in
                (workdir / f'dynamics_p{percentile}.jsonl').read_text()

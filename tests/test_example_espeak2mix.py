@@ -10,17 +10,17 @@ import soundfile as sf
 from examples.flax_separation import espeak2mix
 from examples.flax_separation import input_pipeline
 from examples.flax_separation import spectral
+from tests.example_helpers import ESPEAK2MIX_COUNTS
 
-_TINY_COUNTS = {'num_train': 4, 'num_valid': 2, 'num_test': 2}
 _SPLIT_FOLDERS = {'train': 'tr', 'valid': 'cv', 'test': 'tt'}
 _PCM_16_STEP = 1 / 32768
 
 
-@pytest.fixture(scope='module')
-def tiny_set(tmp_path_factory):
-  """A tiny espeak2mix set, as `(root, returned layout root)`."""
-  root = tmp_path_factory.mktemp('espeak2mix')
-  return root, espeak2mix.generate(root, **_TINY_COUNTS, seed=0)
+@pytest.fixture
+def tiny_set(espeak2mix_dir):
+  """The session's espeak2mix set, as `(root, returned layout root)`."""
+  return espeak2mix_dir, espeak2mix.generate(espeak2mix_dir,
+                                             **ESPEAK2MIX_COUNTS, seed=0)
 
 
 def _file_contents(directory):
@@ -35,7 +35,7 @@ def _modification_times(directory):
 def test_generator_writes_wsj0_2mix_layout(tiny_set):
   root, layout_root = tiny_set
   assert layout_root == root / 'wav8k' / 'min'
-  for split, count in zip(espeak2mix.SPLITS, _TINY_COUNTS.values()):
+  for split, count in zip(espeak2mix.SPLITS, ESPEAK2MIX_COUNTS.values()):
     for folder in ('mix', 's1', 's2'):
       names = sorted(path.name for path in
                      (layout_root / _SPLIT_FOLDERS[split] / folder).iterdir())
@@ -65,13 +65,13 @@ def test_generated_sources_differ_in_level_by_at_most_5_db(tiny_set):
 
 def test_generator_is_deterministic(tiny_set, tmp_path):
   root, _ = tiny_set
-  espeak2mix.generate(tmp_path, **_TINY_COUNTS, seed=0)
+  espeak2mix.generate(tmp_path, **ESPEAK2MIX_COUNTS, seed=0)
   assert _file_contents(tmp_path) == _file_contents(root)
 
 
 def test_generator_depends_on_seed(tiny_set, tmp_path):
   root, layout_root = tiny_set
-  other_layout_root = espeak2mix.generate(tmp_path, **_TINY_COUNTS,
+  other_layout_root = espeak2mix.generate(tmp_path, **ESPEAK2MIX_COUNTS,
                                                seed=1)
   mixture_path = 'tr/mix/00000.wav'
   assert ((other_layout_root / mixture_path).read_bytes()
@@ -81,19 +81,19 @@ def test_generator_depends_on_seed(tiny_set, tmp_path):
 def test_generator_reuses_complete_set_without_rewriting(tiny_set):
   root, layout_root = tiny_set
   times_before = _modification_times(root)
-  assert espeak2mix.generate(root, **_TINY_COUNTS, seed=0) == layout_root
+  assert espeak2mix.generate(root, **ESPEAK2MIX_COUNTS, seed=0) == layout_root
   assert _modification_times(root) == times_before
 
 
 @pytest.mark.parametrize('changed_setting, mismatch', [
     ({'seed': 1}, 'seed 0 on disk but 1 requested'),
-    ({'num_train': 5}, "'train': 4"),
+    ({'num_train': 9}, "'train': 8"),
 ])
 def test_generator_refuses_to_overwrite_set_with_other_settings(
     tiny_set, changed_setting, mismatch):
   root, _ = tiny_set
   contents_before = _file_contents(root)
-  settings = {**_TINY_COUNTS, 'seed': 0, **changed_setting}
+  settings = {**ESPEAK2MIX_COUNTS, 'seed': 0, **changed_setting}
   with pytest.raises(ValueError, match='other settings') as error:
     espeak2mix.generate(root, **settings)
   assert str(root) in str(error.value)
@@ -110,13 +110,13 @@ def test_generator_completes_interrupted_set(tiny_set, tmp_path, monkeypatch):
   with monkeypatch.context() as patch:
     patch.setattr(espeak2mix, '_write_manifest', interrupt)
     with pytest.raises(KeyboardInterrupt):
-      espeak2mix.generate(tmp_path, **_TINY_COUNTS, seed=0)
+      espeak2mix.generate(tmp_path, **ESPEAK2MIX_COUNTS, seed=0)
   assert not (tmp_path / espeak2mix.MANIFEST_NAME).exists()
   layout_root = tmp_path / 'wav8k' / 'min'
   (layout_root / 'tr' / 's2' / '00003.wav').unlink()
   (layout_root / 'tt' / 'mix' / '00001.wav').write_bytes(b'RIFF')
 
-  espeak2mix.generate(tmp_path, **_TINY_COUNTS, seed=0)
+  espeak2mix.generate(tmp_path, **ESPEAK2MIX_COUNTS, seed=0)
 
   assert _file_contents(tmp_path) == _file_contents(root)
 
@@ -126,14 +126,14 @@ def test_generator_refuses_directory_holding_other_audio(tmp_path):
   foreign_path.parent.mkdir(parents=True)
   sf.write(foreign_path, np.zeros(80), spectral.SAMPLE_RATE)
   with pytest.raises(FileExistsError, match='not an espeak2mix set'):
-    espeak2mix.generate(tmp_path, **_TINY_COUNTS)
+    espeak2mix.generate(tmp_path, **ESPEAK2MIX_COUNTS)
   assert foreign_path.is_file()
 
 
 @pytest.mark.parametrize('count_name', ['num_train', 'num_valid', 'num_test'])
 def test_generator_rejects_empty_split(tmp_path, count_name):
   with pytest.raises(ValueError, match=f'{count_name} must be at least 1'):
-    espeak2mix.generate(tmp_path, **{**_TINY_COUNTS, count_name: 0})
+    espeak2mix.generate(tmp_path, **{**ESPEAK2MIX_COUNTS, count_name: 0})
 
 
 def test_manifest_records_every_mixture_recipe(tiny_set):
@@ -141,8 +141,8 @@ def test_manifest_records_every_mixture_recipe(tiny_set):
   manifest = json.loads((root / espeak2mix.MANIFEST_NAME).read_text())
   assert manifest['settings'] == {
       'generator_version': espeak2mix.GENERATOR_VERSION, 'seed': 0,
-      'num_mixtures': {'train': 4, 'valid': 2, 'test': 2}}
-  for split, count in zip(espeak2mix.SPLITS, _TINY_COUNTS.values()):
+      'num_mixtures': {'train': 8, 'valid': 2, 'test': 2}}
+  for split, count in zip(espeak2mix.SPLITS, ESPEAK2MIX_COUNTS.values()):
     recorded = [(mixture['name'],
                  [(source['voice'], source['text'])
                   for source in mixture['sources']])

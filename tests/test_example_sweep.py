@@ -1,18 +1,18 @@
 """Tests of the separation example's Table 1 sweep: resuming and the table."""
 
 import json
-import subprocess
-import sys
 
 from absl import app
 import pytest
 
 from examples.flax_separation import cli
 from examples.flax_separation import loss_registry
+from examples.flax_separation import runs
 from examples.flax_separation import sweep
-from examples.flax_separation import train
 from examples.flax_separation.configs import sweep_cpu
-from tests.test_example_train import tiny_config
+from tests.example_helpers import config_flags_for
+from tests.example_helpers import run_command
+from tests.example_helpers import tiny_config
 
 PERCENTILES = (10.0, 100.0)
 
@@ -22,23 +22,13 @@ def results_mtimes(workdir):
           for path in sorted(workdir.glob('mi/p*/results.json'))}
 
 
-def config_flags_for(config, defaults=None):
-  """The ``--config.<field>`` flags that turn ``defaults`` into ``config``.
-
-  ``defaults`` is the config the command reads without ``--config``; the
-  sweep's by default.
-  """
-  defaults = defaults or sweep_cpu.get_config()
-  return [f'--config.{key}={value}' for key, value in config.items()
-          if defaults[key] != value]
-
-
 @pytest.fixture(scope='module')
-def finished_sweep(tmp_path_factory):
+def finished_sweep(tmp_path_factory, espeak2mix_dir, compilation_cache):
   """A 1 loss x 2 percentile sweep, run for real at a tiny size."""
   workdir = tmp_path_factory.mktemp('sweep')
-  config = tiny_config(tmp_path_factory.mktemp('espeak2mix'), 1)
-  table = sweep.run_sweep(config, workdir, ['mi'], PERCENTILES)
+  config = tiny_config(espeak2mix_dir)
+  with compilation_cache():
+    table = sweep.run_sweep(config, workdir, ['mi'], PERCENTILES)
   return config, workdir, table
 
 
@@ -66,11 +56,10 @@ def test_second_run_skips_finished_cells(finished_sweep, capsys):
 def test_command_line_skips_finished_cells(finished_sweep):
   config, workdir, table = finished_sweep
   before = results_mtimes(workdir)
-  completed = subprocess.run(
-      [sys.executable, '-m', 'examples.flax_separation.sweep',
-       f'--workdir={workdir}', '--losses=mi', '--percentiles=10,100',
-       *config_flags_for(config)],
-      capture_output=True, text=True, check=True)
+  completed = run_command(
+      'sweep', f'--workdir={workdir}', '--losses=mi', '--percentiles=10,100',
+      *config_flags_for(config, sweep_cpu.get_config()))
+  assert completed.returncode == 0, completed.stderr
   assert table in completed.stdout
   assert results_mtimes(workdir) == before
 
@@ -94,15 +83,15 @@ def test_results_of_another_config_do_not_count(tmp_path):
   config = sweep.cell_config(sweep_cpu.get_config(), tmp_path, 'mi', 10.0)
   (tmp_path / 'results.json').write_text(json.dumps(
       {'test_si_sdr': 1.0, 'config': config.to_dict()}))
-  assert train.finished_results(tmp_path, config)['test_si_sdr'] == 1.0
+  assert runs.finished_results(tmp_path, config)['test_si_sdr'] == 1.0
   other = sweep.cell_config(sweep_cpu.get_config(), tmp_path, 'mi', 25.0)
-  assert train.finished_results(tmp_path, other) is None
+  assert runs.finished_results(tmp_path, other) is None
 
 
 def test_truncated_results_do_not_count(tmp_path):
   config = sweep.cell_config(sweep_cpu.get_config(), tmp_path, 'mi', 10.0)
   (tmp_path / 'results.json').write_text('{"test_si_sdr": 1.0, "con')
-  assert train.finished_results(tmp_path, config) is None
+  assert runs.finished_results(tmp_path, config) is None
 
 
 def test_results_of_a_moved_sweep_still_count(tmp_path):
@@ -110,7 +99,7 @@ def test_results_of_a_moved_sweep_still_count(tmp_path):
   (tmp_path / 'results.json').write_text(json.dumps(
       {'test_si_sdr': 1.0, 'config': config.to_dict()}))
   moved = sweep.cell_config(sweep_cpu.get_config(), tmp_path / 'new', 'mi', 0)
-  assert train.finished_results(tmp_path, moved) is not None
+  assert runs.finished_results(tmp_path, moved) is not None
 
 
 def test_partial_table_shows_dashes_for_cells_not_run():

@@ -10,92 +10,38 @@ import pytest
 
 from examples.flax_separation import averaging
 from examples.flax_separation import checkpointing
+from examples.flax_separation import configs
+from examples.flax_separation import evaluation
 from examples.flax_separation import train
 from examples.flax_separation.configs import default
-
-
-def tiny_config(data_dir, num_epochs):
-  config = default.get_config()
-  config.data_dir = str(data_dir)
-  config.num_train = 8
-  config.num_valid = 2
-  config.num_test = 2
-  config.hidden_size = 8
-  config.num_layers = 1
-  config.batch_size = 2
-  config.excerpt_frames = 40
-  config.num_epochs = num_epochs
-  config.checkpoint_every_steps = 3
-  config.eval_batch_size = 2
-  config.num_example_wavs = 1
-  return config
-
-
-def read_log(workdir):
-  return [json.loads(line)
-          for line in (workdir / 'log.jsonl').read_text().splitlines()]
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp('espeak2mix')
-
-
-class _Interrupted(Exception):
-  """Stands for a run killed between two steps."""
-
-
-def train_until(steps, monkeypatch, config, workdir):
-  """Runs ``train_and_evaluate``, interrupted before step ``steps + 1``."""
-  real_train_step, steps_taken = train.train_step, 0
-
-  def train_step(*args, **kwargs):
-    nonlocal steps_taken
-    if steps_taken == steps:
-      raise _Interrupted
-    steps_taken += 1
-    return real_train_step(*args, **kwargs)
-
-  with monkeypatch.context() as patch:
-    patch.setattr(train, 'train_step', train_step)
-    with pytest.raises(_Interrupted):
-      train.train_and_evaluate(config, workdir)
+from tests.example_helpers import assert_same_run
+from tests.example_helpers import read_log
+from tests.example_helpers import tiny_config
+from tests.example_helpers import train_until
 
 
 def test_run_interrupted_mid_epoch_resumes_with_identical_log_and_results(
-    tmp_path, data_dir, monkeypatch):
-  straight_config = tiny_config(data_dir, 3)
-  straight_config.log_every_steps = 5
-  straight = train.train_and_evaluate(straight_config, tmp_path / 'straight')
-  # Epochs of 4 steps, checkpoints after steps 3, 4, 6, 8...: killed after
+    tmp_path, espeak2mix_dir, straight_run):
+  # Epochs of 4 steps, checkpoints after steps 3, 4, 6 and 8: killed after
   # step 7, in the second epoch, with step 7 already logged.
-  config = tiny_config(data_dir, 3)
+  config = tiny_config(espeak2mix_dir, 2)
   config.log_every_steps = 1
-  train_until(7, monkeypatch, config, tmp_path / 'resumed')
-  assert [r['step'] for r in read_log(tmp_path / 'resumed')] == list(
-      range(1, 8))
+  workdir = tmp_path / 'resumed'
+  train_until(7, config, workdir)
+  assert [r['step'] for r in read_log(workdir)] == list(range(1, 8))
   # The restart is from step 6, two steps into the second epoch (step 4 is
   # kept in case step 6 is damaged).
   assert sorted(path.name for path in
-                (tmp_path / 'resumed' / 'checkpoints').iterdir()) == ['4', '6']
-  resumed = train.train_and_evaluate(config, tmp_path / 'resumed')
-  straight_log = read_log(tmp_path / 'straight')
-  assert [r['step'] for r in straight_log] == list(range(1, 13))
-  assert read_log(tmp_path / 'resumed') == straight_log
-  assert ((tmp_path / 'resumed' / 'validation.jsonl').read_text()
-          == (tmp_path / 'straight' / 'validation.jsonl').read_text())
-  for key in ('steps', 'best_valid_si_sdri', 'test_si_sdr', 'test_si_sdri'):
-    assert resumed[key] == straight[key], key
+                (workdir / 'checkpoints').iterdir()) == ['4', '6']
+  train.train_and_evaluate(config, workdir)
+  assert [r['step'] for r in read_log(straight_run)] == list(range(1, 9))
+  assert_same_run(workdir, straight_run)
 
 
-def test_run_writes_results_and_separated_wavs(tmp_path, data_dir):
-  workdir = tmp_path / 'run'
-  results = train.train_and_evaluate(tiny_config(data_dir, 1), workdir)
-  written = json.loads((workdir / 'results.json').read_text())
-  assert written['steps'] == 4 and np.isfinite(written['test_si_sdri'])
-  assert written['test_si_sdri'] == results['test_si_sdri']
-  assert len(list((workdir / 'separated').glob('*_estimate*.wav'))) == 2
-  log = read_log(workdir)
+def test_run_writes_its_log_and_separated_wavs(straight_run):
+  assert sorted(path.name for path in (straight_run / 'separated').iterdir()
+                ) == ['00000_estimate1.wav', '00000_estimate2.wav', '00000_mix.wav']
+  log = read_log(straight_run)
   assert all(np.isfinite(r['threshold']) and r['step_size'] > 0 for r in log)
   assert all(r['clipped'] in (0.0, 1.0) for r in log)
   np.testing.assert_allclose([r['clip_rate'] for r in log],
@@ -103,11 +49,14 @@ def test_run_writes_results_and_separated_wavs(tmp_path, data_dir):
                              / np.arange(1, len(log) + 1))
 
 
-def test_autoclip_threshold_bounds_the_applied_step(tmp_path, data_dir):
+def test_autoclip_threshold_bounds_the_applied_step(tmp_path, espeak2mix_dir):
   # Percentile 0 clips every step to the smallest norm seen so far.
-  config = tiny_config(data_dir, 1)
+  config = tiny_config(espeak2mix_dir, 1)
   config.autoclip_percentile = 0.0
-  train.train_and_evaluate(config, tmp_path / 'p0')
+  results = train.train_and_evaluate(config, tmp_path / 'p0')
+  written = json.loads((tmp_path / 'p0' / 'results.json').read_text())
+  assert written == results
+  assert written['steps'] == 4 and np.isfinite(written['test_si_sdri'])
   log = read_log(tmp_path / 'p0')
   smallest_so_far = np.minimum.accumulate([r['grad_norm'] for r in log])
   np.testing.assert_allclose([r['threshold'] for r in log], smallest_so_far,
@@ -192,8 +141,8 @@ def test_separation_normalises_with_running_statistics_not_the_batch():
   assert not np.allclose(model.input_normalization.mean[...], mean_before)
   mixtures = rng.normal(size=(2, 640)).astype(np.float32)
   mixtures[1] *= 100.0
-  alone = train.separate(model, mixtures[:1])
-  beside_a_loud_one = train.separate(model, mixtures)[:1]
+  alone = evaluation.separate(model, mixtures[:1])
+  beside_a_loud_one = evaluation.separate(model, mixtures)[:1]
   np.testing.assert_allclose(alone, beside_a_loud_one, rtol=1e-5, atol=1e-6)
 
 
@@ -216,11 +165,11 @@ def test_learning_rate_decay_start_one_keeps_the_rate_constant():
 
 
 @pytest.mark.parametrize('decay_start', [-0.1, 1.5])
-def test_learning_rate_rejects_a_decay_start_outside_zero_to_one(decay_start):
+def test_validate_rejects_a_decay_start_outside_zero_to_one(decay_start):
   config = default.get_config()
   config.learning_rate_decay_start = decay_start
   with pytest.raises(ValueError, match='learning_rate_decay_start'):
-    train.learning_rate(config, num_steps=100)
+    configs.validate(config)
 
 
 def test_config_min_history_holds_clipping_back_while_warming_up():
@@ -242,8 +191,9 @@ def test_config_min_history_holds_clipping_back_while_warming_up():
 
 @pytest.mark.parametrize('loss', ['dc', 'wkm', 'chimera', 'snr'])
 def test_every_loss_trains_and_evaluates_to_finite_results(
-    tmp_path, data_dir, loss):
-  config = tiny_config(data_dir, 1)
+    tmp_path, espeak2mix_dir, loss):
+  config = tiny_config(espeak2mix_dir, 1)
+  config.checkpoint_every_steps = 4
   config.loss = loss
   results = train.train_and_evaluate(config, tmp_path / loss)
   assert results['steps'] == 4 and results['loss'] == loss
@@ -264,12 +214,17 @@ def test_unknown_loss_is_rejected_before_data_is_generated(tmp_path):
 
 @pytest.mark.parametrize('setting, value, message', [
     ('learning_rate_decay_start', 2.0,
-     r'learning_rate_decay_start must be in \[0, 1\]'),
+     r'config.learning_rate_decay_start must be in \[0, 1\], got 2.0'),
     ('param_average_decay', 1.0,
-     r'config.param_average_decay: decay must be in \[0, 1\)'),
+     r'config.param_average_decay must be in \[0, 1\), got 1.0'),
+    ('autoclip_percentile', 120.0,
+     r'config.autoclip_percentile must be in \[0, 100\], got 120.0'),
     ('seed', -1, 'config.seed must be a non-negative integer, got -1'),
     ('data_seed', -1,
      'config.data_seed must be a non-negative integer, got -1'),
+    ('batch_size', 0, 'config.batch_size must be at least 1, got 0'),
+    ('checkpoint_every_steps', 0,
+     'config.checkpoint_every_steps must be at least 1, got 0'),
 ])
 def test_bad_setting_is_rejected_before_data_is_generated(
     tmp_path, setting, value, message):
@@ -280,9 +235,10 @@ def test_bad_setting_is_rejected_before_data_is_generated(
   assert not (tmp_path / 'data').exists()
 
 
-def test_best_model_is_the_parameter_average_at_its_step(tmp_path, data_dir):
+def test_best_model_is_the_parameter_average_at_its_step(tmp_path,
+                                                         espeak2mix_dir):
   # One epoch of 4 steps, validated once, after its last step.
-  config = tiny_config(data_dir, 1)
+  config = tiny_config(espeak2mix_dir, 1)
   config.checkpoint_every_steps = 4
   config.param_average_decay = 0.5
   train.train_and_evaluate(config, tmp_path / 'run')

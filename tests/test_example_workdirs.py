@@ -10,7 +10,8 @@ import pytest
 
 from examples.flax_separation import train
 from examples.flax_separation import workdirs
-from tests.test_example_train import tiny_config
+from tests.example_helpers import run_command
+from tests.example_helpers import tiny_config
 
 # Holds the lock of the directory it is given until its stdin closes.
 _HOLDER = """
@@ -59,10 +60,7 @@ def test_run_in_a_busy_workdir_stops_before_reading_data(busy_workdir,
 def test_command_in_a_busy_workdir_is_one_line_naming_the_holder(
     busy_workdir, command):
   workdir, pid = busy_workdir
-  completed = subprocess.run(
-      [sys.executable, '-m', f'examples.flax_separation.{command}',
-       f'--workdir={workdir}', '--percentiles=10'],
-      capture_output=True, text=True, timeout=120)
+  completed = run_command(command, f'--workdir={workdir}', '--percentiles=10')
   assert completed.returncode == 1
   assert re.fullmatch('Error: ' + in_use_message(workdir, pid) + '.*\n',
                       completed.stderr)

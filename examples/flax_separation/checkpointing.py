@@ -21,13 +21,11 @@ without this module:
   and stops the run with ``DamagedCheckpointError``.
 """
 
-import functools
 import hashlib
 import itertools
 import json
 import pathlib
 import shutil
-import threading
 
 from absl import logging
 from flax import nnx
@@ -46,24 +44,8 @@ _LATEST_KEPT = 2
 # checkpoint the kill cut short.
 _BEST_KEPT = 3
 
-# Orbax coordinates the steps of a save through signals shared by the whole
-# process: two runs of `train.train_runs` saving at once from two threads
-# timed out waiting on each other's. Every save and restore holds this lock,
-# and a save is finished before the lock is released (so a run stopped by an
-# error leaves no save half written).
-_ORBAX_LOCK = threading.Lock()
-
-
 class DamagedCheckpointError(RuntimeError):
   """A checkpoint's files do not match the checksums written with them."""
-
-
-def _holding_orbax_lock(method):
-  @functools.wraps(method)
-  def locked(*args):
-    with _ORBAX_LOCK:
-      return method(*args)
-  return locked
 
 
 def _sha256(path: pathlib.Path) -> str:
@@ -200,14 +182,12 @@ class Checkpoints:
     if jax.process_index() == 0:
       _write_checksums(pathlib.Path(manager.directory) / str(step))
 
-  @_holding_orbax_lock
   def save(self, step, model, optimizer, progress):
     self._save(self.latest, step, ocp.args.Composite(
         state=ocp.args.StandardSave(nnx.to_pure_dict(
             nnx.state((model, optimizer)))),
         progress=ocp.args.JsonSave(progress)))
 
-  @_holding_orbax_lock
   def restore(self, model, optimizer):
     """Loads the latest state into model and optimizer; returns progress."""
     step = self.latest.latest_step()
@@ -221,12 +201,10 @@ class Checkpoints:
     nnx.update((model, optimizer), state)
     return restored.progress
 
-  @_holding_orbax_lock
   def save_best(self, step, model):
     self._save(self.best, step, ocp.args.StandardSave(
         nnx.to_pure_dict(nnx.state(model))))
 
-  @_holding_orbax_lock
   def restore_best(self, model):
     """Loads the best model into ``model``.
 

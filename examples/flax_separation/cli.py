@@ -40,9 +40,9 @@ def define_common_flags(default_percentiles: Sequence[float],
                                   'Hyperparameters.', lock_config=True)
   flags.DEFINE_integer(
       'parallel_runs', 2,
-      'Runs trained at once, in threads of this process (train.train_runs); '
-      'their results do not depend on it. On 2 CPU cores two small runs at '
-      'once train 1.3x faster than in turn. Always 1 with --multihost.')
+      'Runs trained at once, each in a process of its own (runs.train_runs); '
+      'their results do not depend on it. 1 trains them in turn in this '
+      'process, as on one accelerator. Always 1 with --multihost.')
   flags.DEFINE_bool(
       'multihost', False,
       'One process of a run over several hosts: calls '

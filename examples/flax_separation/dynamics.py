@@ -7,7 +7,7 @@ Example (RESULTS.md's CPU run: the paper's Figure 1 network, 2 x 300, for
       --config.hidden_size=300 --config.num_train=2000 \
       --config.batch_size=4 --config.excerpt_frames=400 --config.num_epochs=2
 
-Trains one model per percentile with ``train.train_steps``, the loop of
+Trains one model per percentile with ``train.training_loop``, the loop of
 ``train.py``, and, every ``--record_every`` steps, records the loss, the step
 size ``||theta_t - theta_{t-1}||``, the gradient norm, AutoClip's threshold
 and the local smoothness (gradient Lipschitz constant) along the step,
@@ -34,20 +34,19 @@ from absl import logging
 from flax import nnx
 import jax
 import jax.numpy as jnp
-import matplotlib
+from matplotlib import figure as mpl_figure
+from matplotlib import ticker
 import ml_collections
 import numpy as np
 import optax
 
 from examples.flax_separation import cli
+from examples.flax_separation import configs
 from examples.flax_separation import input_pipeline
 from examples.flax_separation import loss_registry
 from examples.flax_separation import plots
 from examples.flax_separation import train
 from examples.flax_separation import workdirs
-
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 
@@ -98,7 +97,7 @@ def _gradient(graphdef, params, rest, mixture, sources, loss_name,
 def train_and_record(config: ml_collections.ConfigDict,
                      workdir: str | pathlib.Path,
                      record_every: int) -> pathlib.Path:
-  """Trains with ``train.train_steps``, recording the dynamics.
+  """Trains with ``train.training_loop``, recording the dynamics.
 
   Nothing is checkpointed or evaluated: a run starts from scratch and
   overwrites its log.
@@ -115,6 +114,7 @@ def train_and_record(config: ml_collections.ConfigDict,
     clipping), ``threshold``, ``clipped``, ``clip_rate`` (as
     ``train.train_step`` returns them) and ``smoothness``.
   """
+  configs.validate(config)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   utterances = input_pipeline.load_splits(config, workdir)['train']
@@ -127,7 +127,7 @@ def train_and_record(config: ml_collections.ConfigDict,
   # train_step updates.
   before = nnx.split(nnx.clone(model), nnx.Param, ...)
   with path.open('w') as log:
-    for step in train.train_steps(model, optimizer, utterances, config):
+    for step in train.training_loop(model, optimizer, utterances, config):
       if (step.number - 1) % record_every == 0:
         graphdef, params_before, rest = before
         record = {key: float(value) for key, value in step.metrics.items()}
@@ -157,8 +157,8 @@ def plot_figure1(runs: Mapping[float, pathlib.Path], path: str | pathlib.Path,
     path: the PNG to write.
     loss_title: the runs' loss, for the loss axis.
   """
-  figure, axes = plt.subplots(1, 2 + len(runs),
-                              figsize=(4.3 * (2 + len(runs)), 3.9))
+  figure = mpl_figure.Figure(figsize=(4.3 * (2 + len(runs)), 3.9))
+  axes = figure.subplots(1, 2 + len(runs))
   step_axis, loss_axis, *scatter_axes = axes
   for scatter_axis in scatter_axes[1:]:
     scatter_axis.sharex(scatter_axes[0])
@@ -188,7 +188,7 @@ def plot_figure1(runs: Mapping[float, pathlib.Path], path: str | pathlib.Path,
                      title=f'({"cdefghij"[index]}) {label}: smoothness vs '
                      'grad norm')
     # Labels at 2e-3, 3e-3, ... of a short log axis run into each other.
-    scatter_axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    scatter_axis.xaxis.set_minor_formatter(ticker.NullFormatter())
   step_axis.set(title='(a) step size ||θ_t − θ_{t−1}||', xlabel='step',
                 yscale='log')
   loss_axis.set(title='(b) training loss', xlabel='step',
@@ -198,7 +198,6 @@ def plot_figure1(runs: Mapping[float, pathlib.Path], path: str | pathlib.Path,
     axis.legend(fontsize=8)
   figure.tight_layout()
   figure.savefig(path, dpi=90)
-  plt.close(figure)
 
 
 def main(argv):

@@ -10,7 +10,8 @@ against p=100, no clipping) and seed in ``--seeds`` (default 0) under
 then prints a table of every run's test SI-SDRi, and, per percentile, their
 mean and standard deviation over the seeds and the difference to the last
 percentile seed by seed. Writes ``<workdir>/comparison.json`` and
-``<workdir>/training_curves.png``. ``--parallel_runs`` runs train at once.
+``<workdir>/training_curves.png``. ``--parallel_runs`` runs train at once,
+each in a process of its own (``runs.train_runs``).
 A run whose ``results.json`` was written with its config is not trained
 again, so adding seeds trains only the new runs. The command holds
 ``<workdir>/lock`` while it runs: a second one on the same work directory
@@ -29,8 +30,9 @@ import numpy as np
 
 from examples.flax_separation import cli
 from examples.flax_separation import loss_registry
+from examples.flax_separation import markdown
 from examples.flax_separation import plots
-from examples.flax_separation import train
+from examples.flax_separation import runs
 from examples.flax_separation import workdirs
 
 FLAGS = cli.FLAGS
@@ -82,34 +84,30 @@ def summarise(results: Mapping[tuple[float, int], dict],
 
 def render(summary: dict, seeds: Sequence[int]) -> str:
   """The per-run table, the per-percentile table and the paired differences."""
-  lines = ['| run | seed | test SI-SDRi (dB) | test SI-SDR (dB) | best valid '
-           'SI-SDRi (dB) | steps | train time (s) |',
-           '|---|---|---|---|---|---|---|']
-  for label, by_seed in summary['runs'].items():
-    for seed, row in by_seed.items():
-      lines.append(
-          f'| {label} | {seed} | {row["test_si_sdri"]:.2f} | '
-          f'{row["test_si_sdr"]:.2f} | {row["best_valid_si_sdri"]:.2f} | '
-          f'{row["steps"]} | {row["train_seconds"]:.0f} |')
+  lines = markdown.table(
+      ['run', 'seed', 'test SI-SDRi (dB)', 'test SI-SDR (dB)',
+       'best valid SI-SDRi (dB)', 'steps', 'train time (s)'],
+      [[label, seed, f'{row["test_si_sdri"]:.2f}', f'{row["test_si_sdr"]:.2f}',
+        f'{row["best_valid_si_sdri"]:.2f}', row['steps'],
+        f'{row["train_seconds"]:.0f}']
+       for label, by_seed in summary['runs'].items()
+       for seed, row in by_seed.items()])
   seed_list = ', '.join(map(str, seeds))
   lines += ['', f'Test SI-SDRi (dB) over seeds {seed_list}'
             + (' (mean ± standard deviation)' if len(seeds) > 1 else '') + ':',
-            '', '| run | test SI-SDRi (dB) |', '|---|---|']
-  for label, by_seed in summary['test_si_sdri'].items():
-    lines.append(f'| {label} | {_mean_std(list(by_seed.values()))} |')
-  if summary['differences']:
-    names = list(summary['differences'])
-    lines += ['', 'Paired differences of test SI-SDRi (dB), seed by seed:', '',
-              '| seed | ' + ' | '.join(names) + ' |',
-              '|---|' + '---|' * len(names)]
-    for seed in seeds:
-      lines.append(f'| {seed} | ' + ' | '.join(
-          f'{summary["differences"][name][seed]:+.2f}' for name in names)
-                   + ' |')
+            '', *markdown.table(
+                ['run', 'test SI-SDRi (dB)'],
+                [[label, _mean_std(list(by_seed.values()))]
+                 for label, by_seed in summary['test_si_sdri'].items()])]
+  differences = summary['differences']
+  if differences:
+    rows = [[seed, *(f'{by_seed[seed]:+.2f}'
+                     for by_seed in differences.values())] for seed in seeds]
     if len(seeds) > 1:
-      lines.append('| mean ± std | ' + ' | '.join(
-          _mean_std(list(summary['differences'][name].values()), '+')
-          for name in names) + ' |')
+      rows.append(['mean ± std', *(_mean_std(list(by_seed.values()), '+')
+                                   for by_seed in differences.values())])
+    lines += ['', 'Paired differences of test SI-SDRi (dB), seed by seed:', '',
+              *markdown.table(['seed', *differences], rows)]
   return '\n'.join(lines) + '\n'
 
 
@@ -136,11 +134,11 @@ def main(argv):
 def compare(workdir: pathlib.Path, percentiles: Sequence[float],
             seeds: Sequence[int], parallel_runs: int) -> None:
   """Trains the runs, prints the tables, then writes them and the plot."""
-  runs = {(percentile, seed): (
-      cli.run_config(FLAGS.config, workdir, percentile, seed),
-      workdir / f'seed{seed}' / f'p{percentile:g}')
-          for seed in seeds for percentile in percentiles}
-  results = dict(train.train_runs(runs, parallel_runs))
+  results = dict(runs.train_runs(
+      {(percentile, seed): (
+          cli.run_config(FLAGS.config, workdir, percentile, seed),
+          workdir / f'seed{seed}' / f'p{percentile:g}')
+       for seed in seeds for percentile in percentiles}, parallel_runs))
   summary = summarise(results, percentiles, seeds)
   print()
   print(render(summary, seeds))

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from examples.flax_separation import spectral
+
 _FORWARD, _BACKWARD = 0, 1
 
 
@@ -246,8 +248,8 @@ class BLSTMNet(nnx.Module):
       self,
       *,
       heads: tuple[str, ...] = ('masks',),
-      num_freqs: int = 129,
-      hidden_size: int = 300,
+      num_freqs: int = spectral.NUM_FREQUENCIES,
+      hidden_size: int = 128,
       num_layers: int = 2,
       embedding_dim: int = 20,
       num_sources: int = 2,

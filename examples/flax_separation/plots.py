@@ -3,10 +3,7 @@
 import json
 import pathlib
 
-import matplotlib
-
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+from matplotlib import figure as mpl_figure
 import numpy as np
 
 
@@ -45,7 +42,9 @@ def plot_runs(runs: dict[str, pathlib.Path], path: pathlib.Path,
     path: the PNG to write.
     loss_title: the runs' loss, for the loss axis.
   """
-  figure, axes = plt.subplots(2, 2, figsize=(12, 8))
+  # A Figure of its own draws without pyplot, so without choosing a backend.
+  figure = mpl_figure.Figure(figsize=(12, 8))
+  axes = figure.subplots(2, 2)
   loss_axis, step_axis, norm_axis, valid_axis = axes.flat
   for index, (label, workdir) in enumerate(runs.items()):
     color = f'C{index}'
@@ -74,4 +73,3 @@ def plot_runs(runs: dict[str, pathlib.Path], path: pathlib.Path,
     axis.legend(fontsize=8)
   figure.tight_layout()
   figure.savefig(path, dpi=110)
-  plt.close(figure)

@@ -23,7 +23,8 @@ import ml_collections
 
 from examples.flax_separation import cli
 from examples.flax_separation import loss_registry
-from examples.flax_separation import train
+from examples.flax_separation import markdown
+from examples.flax_separation import runs
 from examples.flax_separation import workdirs
 
 FLAGS = flags.FLAGS
@@ -74,19 +75,17 @@ def _percentile_header(percentile: float) -> str:
 def _table(metric: str, losses: Sequence[str], percentiles: Sequence[float],
            results: Mapping[tuple[str, float], dict]) -> list[str]:
   """Markdown rows of one metric, the best finished cell of a row in bold."""
-  lines = [
-      '| loss | ' + ' | '.join(map(_percentile_header, percentiles)) + ' |',
-      '|---|' + '---:|' * len(percentiles)]
+  rows = []
   for loss in losses:
     values = {p: results[loss, p][metric] for p in percentiles
               if (loss, p) in results}
     best = max(values.values(), default=None)
-    cells = ['–' if p not in values else
-             f'**{values[p]:.2f}**' if values[p] == best and len(values) > 1
-             else f'{values[p]:.2f}' for p in percentiles]
-    lines.append(f'| {loss_registry.LOSSES[loss].title} ({loss}) | '
-                 + ' | '.join(cells) + ' |')
-  return lines
+    rows.append([f'{loss_registry.LOSSES[loss].title} ({loss})', *(
+        '–' if p not in values else
+        f'**{values[p]:.2f}**' if values[p] == best and len(values) > 1
+        else f'{values[p]:.2f}' for p in percentiles)])
+  return markdown.table(['loss', *map(_percentile_header, percentiles)], rows,
+                        right_aligned=True)
 
 
 def render_table1(config: ml_collections.ConfigDict, losses: Sequence[str],
@@ -139,7 +138,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
     workdir: the sweep's work directory.
     losses: keys of ``loss_registry.LOSSES``.
     percentiles: AutoClip percentiles.
-    parallel_runs: cells trained at once (``train.train_runs``).
+    parallel_runs: cells trained at once (``runs.train_runs``).
 
   Returns:
     The final Markdown of ``render_table1``, as in ``<workdir>/table1.md``.
@@ -160,13 +159,14 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
       return table
 
     table = write_table()
-    runs = {cell: (configs[cell], cell_dir(workdir, *cell)) for cell in cells}
+    cell_runs = {cell: (configs[cell], cell_dir(workdir, *cell))
+                 for cell in cells}
     num_finished = sum(
-        train.finished_results(directory, cell_config) is not None
-        for cell_config, directory in runs.values())
+        runs.finished_results(directory, cell_config) is not None
+        for cell_config, directory in cell_runs.values())
     print(f'{num_finished} of {len(cells)} cells already finished; training '
           f'{len(cells) - num_finished}')
-    for cell, cell_results in train.train_runs(runs, parallel_runs):
+    for cell, cell_results in runs.train_runs(cell_runs, parallel_runs):
       results[cell] = cell_results
       print(f'[{len(results)}/{len(cells)}] {cell_dir(workdir, *cell)}')
       table = write_table()

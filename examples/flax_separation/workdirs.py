@@ -5,14 +5,19 @@ same work directory would interleave with it without a word: two runs of 80
 steps left a ``log.jsonl`` of 160 lines, both exiting 0. ``lock`` makes the
 second stop at once, naming the first. A run may also be killed at any
 moment; a file it rewrites is written whole or not at all
-(``write_atomically``), never left half old and half new.
+(``write_atomically``), never left half old and half new, and a resumed run
+first drops the log lines past its checkpoint (``keep_log_lines_up_to``).
+On several hosts the first process writes the logs and results
+(``writes_files``); the others compute the same records.
 """
 
 import contextlib
 import fcntl
+import json
 import os
 import pathlib
 from collections.abc import Iterator
+from typing import TextIO
 
 import jax
 
@@ -73,3 +78,44 @@ def write_atomically(path: str | os.PathLike, text: str) -> None:
   partial = path.with_name(path.name + '.partial')
   partial.write_text(text)
   os.replace(partial, path)
+
+
+def writes_files() -> bool:
+  """Whether this process writes the logs and results (the first does).
+
+  Orbax coordinates the checkpoints of several processes itself.
+  """
+  return jax.process_index() == 0
+
+
+def open_log(path: pathlib.Path) -> TextIO:
+  """``path`` opened for appending, or a sink unless ``writes_files()``."""
+  return path.open('a') if writes_files() else open(os.devnull, 'w')
+
+
+def keep_log_lines_up_to(path: pathlib.Path, last_step: int) -> None:
+  """Drops the lines of a JSONL log whose ``step`` is past ``last_step``.
+
+  A resumed run takes the steps past its checkpoint again, so its log has
+  no repeats. A last line that is not JSON was cut short by a kill while it
+  was written (its step is past every checkpoint): it goes too. The log is
+  rewritten whole, so a kill here loses nothing.
+
+  Raises:
+    ValueError: if a line before the last is not JSON.
+  """
+  if not writes_files() or not path.exists():
+    return
+  lines = path.read_text().splitlines()
+  kept = []
+  for number, line in enumerate(lines, start=1):
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      if number == len(lines):
+        break
+      raise ValueError(
+          f'{path}, line {number}, is not JSON: {line!r}') from None
+    if record['step'] <= last_step:
+      kept.append(line + '\n')
+  write_atomically(path, ''.join(kept))

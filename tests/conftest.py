@@ -1,0 +1,93 @@
+"""Set-up that the separation example's tests share.
+
+The example's tests (``tests/test_example_*.py``, and the doctests under
+``examples/``) carry the ``example`` marker, so ``pytest -m "not example"``
+runs the library's tests alone. They share one tiny espeak2mix set
+(``espeak2mix_dir``), and one JAX compilation cache, which this process and
+the commands the tests start read and write: the tiny training step then
+compiles once per distinct program in the whole session, not once per run.
+"""
+
+import contextlib
+import pathlib
+
+import pytest
+
+_EXAMPLE_PATHS = ('tests/test_example_', 'tests/example_', 'examples/')
+
+
+def pytest_collection_modifyitems(config, items):
+  root = pathlib.Path(config.rootpath)
+  for item in items:
+    path = item.path.relative_to(root).as_posix()
+    if path.startswith(_EXAMPLE_PATHS):
+      item.add_marker(pytest.mark.example)
+
+
+@pytest.fixture(scope='session')
+def compilation_cache(tmp_path_factory):
+  """Turns the session's compilation cache on while a ``with`` block runs.
+
+  For this process and for the commands it starts (through the environment).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental.compilation_cache import compilation_cache as cache  # pylint: disable=g-import-not-at-top
+  settings = {'jax_compilation_cache_dir':
+                  str(tmp_path_factory.mktemp('compilation_cache')),
+              'jax_persistent_cache_min_compile_time_secs': 0,
+              'jax_persistent_cache_min_entry_size_bytes': 0}
+
+  @contextlib.contextmanager
+  def turned_on():
+    before = {name: getattr(jax.config, name) for name in settings}
+    with pytest.MonkeyPatch.context() as patch:
+      for name, value in settings.items():
+        patch.setenv(name.upper(), str(value))
+        jax.config.update(name, value)
+      cache.reset_cache()
+      try:
+        yield
+      finally:
+        for name, value in before.items():
+          jax.config.update(name, value)
+        cache.reset_cache()
+
+  return turned_on
+
+
+@pytest.fixture(autouse=True)
+def _compilation_cache_in_example_tests(request):
+  """The shared cache, in an example test; the library's run without it."""
+  if request.node.get_closest_marker('example') is None:
+    yield
+    return
+  with request.getfixturevalue('compilation_cache')():
+    yield
+
+
+@pytest.fixture(scope='session')
+def espeak2mix_dir(tmp_path_factory):
+  """One tiny espeak2mix set (``example_helpers.ESPEAK2MIX_COUNTS``)."""
+  from examples.flax_separation import espeak2mix  # pylint: disable=g-import-not-at-top
+  from tests import example_helpers  # pylint: disable=g-import-not-at-top
+  directory = tmp_path_factory.mktemp('espeak2mix')
+  espeak2mix.generate(directory, **example_helpers.ESPEAK2MIX_COUNTS, seed=0)
+  return directory
+
+
+@pytest.fixture(scope='session')
+def straight_run(tmp_path_factory, espeak2mix_dir, compilation_cache):
+  """The work directory of the tiny run of two epochs, left alone.
+
+  Tests that interrupt, kill or damage the same run compare their results
+  and logs with it (``example_helpers.assert_same_run``). It fetches its
+  metrics every 5 steps, they every step: the logs must not depend on it.
+  """
+  from examples.flax_separation import train  # pylint: disable=g-import-not-at-top
+  from tests import example_helpers  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp('straight')
+  config = example_helpers.tiny_config(espeak2mix_dir, 2)
+  config.log_every_steps = 5
+  with compilation_cache():
+    train.train_and_evaluate(config, workdir)
+  return workdir

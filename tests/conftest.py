@@ -91,3 +91,21 @@ def straight_run(tmp_path_factory, espeak2mix_dir, compilation_cache):
   with compilation_cache():
     train.train_and_evaluate(config, workdir)
   return workdir
+
+
+@pytest.fixture(scope='session')
+def sweep_run(tmp_path_factory, espeak2mix_dir, compilation_cache):
+  """A 1 loss x 2 percentile sweep of tiny runs, trained in turn in-process.
+
+  Returns:
+    ``(config, workdir, table)``: the cells' shared config, the sweep's work
+    directory (``mi/p10``, ``mi/p100``) and the table it printed. Its runs
+    have the configs of the main job's at the same size.
+  """
+  from examples.flax_separation import sweep  # pylint: disable=g-import-not-at-top
+  from tests import example_helpers  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp('sweep')
+  config = example_helpers.tiny_config(espeak2mix_dir)
+  with compilation_cache():
+    table = sweep.run_sweep(config, workdir, ['mi'], (10.0, 100.0))
+  return config, workdir, table

@@ -55,9 +55,11 @@ def test_param_average_is_the_numpy_moving_average_of_the_stepped_params():
 
 
 def test_averaged_model_is_the_bias_corrected_average_of_the_trained_one():
-  model, optimizer, history = _params_after_each_step(0.8, 4)
-  averaged = averaging.averaged_model(model, optimizer, 0.8)
-  weights = 0.2 * 0.8 ** np.arange(3, -1, -1)
+  # The default decay: the same step as test_example_train.py's tiny ones,
+  # compiled once for both (the session's compilation cache).
+  model, optimizer, history = _params_after_each_step(0.99, 4)
+  averaged = averaging.averaged_model(model, optimizer, 0.99)
+  weights = 0.01 * 0.99 ** np.arange(3, -1, -1)
   for index, leaf in enumerate(_leaves(averaged, nnx.Param)):
     expected = sum(weight * params[index]
                    for weight, params in zip(weights, history))

@@ -2,12 +2,16 @@
 
 import functools
 import json
+import re
 import shutil
 
+from absl import app
 import pytest
 
+from examples.flax_separation import cli
 from examples.flax_separation import main
 from examples.flax_separation.configs import default
+from tests.example_helpers import assert_same_run
 from tests.example_helpers import config_flags_for
 from tests.example_helpers import run_command
 from tests.example_helpers import tiny_config
@@ -94,48 +98,41 @@ def test_summary_gives_mean_std_and_paired_differences():
   assert '| mean ± std | +0.50 ± 0.50 |' in table
 
 
-@pytest.mark.parametrize('percentiles, message', [
-    ('10,120', '--percentiles must be in [0, 100]'),
-    ('', '--percentiles must be one or more numbers in [0, 100], got none'),
-], ids=['out_of_range', 'none'])
-def test_bad_percentiles_are_a_usage_error(tmp_path, percentiles, message):
-  completed = run_main(f'--workdir={tmp_path}', f'--percentiles={percentiles}')
+@pytest.mark.parametrize('flag, message', [
+    ('--percentiles=10,120', '--percentiles must be in [0, 100]'),
+    ('--seeds=0,one', '--seeds must be one or more non-negative integers, '
+     "got ['0', 'one']"),
+    ('--parallel_runs=0', '--parallel_runs must be at least 1, got 0'),
+], ids=['percentiles', 'seeds', 'parallel_runs'])
+def test_bad_flag_stops_the_command_before_it_writes(tmp_path, flag, message):
+  completed = run_main(f'--workdir={tmp_path}', flag)
   assert completed.returncode != 0
   assert message in completed.stderr
   assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize('seeds', ['0,one', '-1', ''],
+@pytest.mark.parametrize('percentiles, message', [
+    (['10', '120'], '--percentiles must be in [0, 100]'),
+    ([], '--percentiles must be one or more numbers in [0, 100], got none'),
+], ids=['out_of_range', 'none'])
+def test_bad_percentiles_are_a_usage_error(percentiles, message):
+  with pytest.raises(app.UsageError, match=re.escape(message)):
+    cli.parse_percentiles(percentiles)
+
+
+@pytest.mark.parametrize('seeds', [['0', 'one'], ['-1'], []],
                          ids=['not_a_number', 'negative', 'none'])
-def test_bad_seeds_are_a_usage_error(tmp_path, seeds):
-  completed = run_main(f'--workdir={tmp_path}', f'--seeds={seeds}')
-  assert completed.returncode != 0
-  assert ('--seeds must be one or more non-negative integers, got '
-          f'{seeds.split(",") if seeds else []}') in completed.stderr
-  assert not any(tmp_path.iterdir())
+def test_bad_seeds_are_a_usage_error(seeds):
+  with pytest.raises(app.UsageError, match=re.escape(
+      f'--seeds must be one or more non-negative integers, got {seeds}')):
+    main.parse_seeds(seeds)
 
 
-def test_bad_parallel_runs_is_a_usage_error(tmp_path):
-  completed = run_main(f'--workdir={tmp_path}', '--parallel_runs=0')
-  assert completed.returncode != 0
-  assert '--parallel_runs must be at least 1, got 0' in completed.stderr
-  assert not any(tmp_path.iterdir())
-
-
-def test_runs_in_turn_give_what_runs_at_once_gave(one_seed_run, tmp_path):
-  workdir, flags, completed = one_seed_run
+def test_runs_at_once_give_what_runs_in_turn_gave(one_seed_run, sweep_run):
+  # The sweep trained the same two configs one after the other, in-process.
+  workdir, _, completed = one_seed_run
   assert completed.returncode == 0, completed.stderr
-  in_turn = tmp_path / 'in_turn'
-  flags = [flag for flag in flags if not flag.startswith('--workdir=')]
-  completed = run_main(f'--workdir={in_turn}', '--parallel_runs=1', *flags)
-  assert completed.returncode == 0, completed.stderr
+  _, sweep_workdir, _ = sweep_run
   for run in ('p10', 'p100'):
-    at_once, one_by_one = (
-        json.loads((directory / 'seed0' / run / 'results.json').read_text())
-        for directory in (workdir, in_turn))
-    for results in (at_once, one_by_one):
-      del results['train_seconds']
-    assert at_once == one_by_one
-    for log in ('log.jsonl', 'validation.jsonl'):
-      assert ((workdir / 'seed0' / run / log).read_text()
-              == (in_turn / 'seed0' / run / log).read_text())
+    at_once, in_turn = workdir / 'seed0' / run, sweep_workdir / 'mi' / run
+    assert_same_run(at_once, in_turn)

@@ -12,7 +12,6 @@ from examples.flax_separation import sweep
 from examples.flax_separation.configs import sweep_cpu
 from tests.example_helpers import config_flags_for
 from tests.example_helpers import run_command
-from tests.example_helpers import tiny_config
 
 PERCENTILES = (10.0, 100.0)
 
@@ -22,18 +21,8 @@ def results_mtimes(workdir):
           for path in sorted(workdir.glob('mi/p*/results.json'))}
 
 
-@pytest.fixture(scope='module')
-def finished_sweep(tmp_path_factory, espeak2mix_dir, compilation_cache):
-  """A 1 loss x 2 percentile sweep, run for real at a tiny size."""
-  workdir = tmp_path_factory.mktemp('sweep')
-  config = tiny_config(espeak2mix_dir)
-  with compilation_cache():
-    table = sweep.run_sweep(config, workdir, ['mi'], PERCENTILES)
-  return config, workdir, table
-
-
-def test_sweep_trains_and_evaluates_every_cell(finished_sweep):
-  config, workdir, table = finished_sweep
+def test_sweep_trains_and_evaluates_every_cell(sweep_run):
+  config, workdir, table = sweep_run
   for percentile in PERCENTILES:
     results = json.loads(
         (workdir / 'mi' / f'p{percentile:g}' / 'results.json').read_text())
@@ -44,8 +33,8 @@ def test_sweep_trains_and_evaluates_every_cell(finished_sweep):
   assert '| Mask inference (mi) |' in table
 
 
-def test_second_run_skips_finished_cells(finished_sweep, capsys):
-  config, workdir, table = finished_sweep
+def test_second_run_skips_finished_cells(sweep_run, capsys):
+  config, workdir, table = sweep_run
   before = results_mtimes(workdir)
   assert len(before) == 2
   assert sweep.run_sweep(config, workdir, ['mi'], PERCENTILES) == table
@@ -53,8 +42,8 @@ def test_second_run_skips_finished_cells(finished_sweep, capsys):
   assert '2 of 2 cells already finished; training 0' in capsys.readouterr().out
 
 
-def test_command_line_skips_finished_cells(finished_sweep):
-  config, workdir, table = finished_sweep
+def test_command_line_skips_finished_cells(sweep_run):
+  config, workdir, table = sweep_run
   before = results_mtimes(workdir)
   completed = run_command(
       'sweep', f'--workdir={workdir}', '--losses=mi', '--percentiles=10,100',
@@ -64,8 +53,8 @@ def test_command_line_skips_finished_cells(finished_sweep):
   assert results_mtimes(workdir) == before
 
 
-def test_deleted_results_rerun_only_that_cell(finished_sweep):
-  config, workdir, _ = finished_sweep
+def test_deleted_results_rerun_only_that_cell(sweep_run):
+  config, workdir, _ = sweep_run
   before = results_mtimes(workdir)
   rerun = workdir / 'mi' / 'p10' / 'results.json'
   rerun.unlink()

@@ -31,7 +31,6 @@ from typing import NamedTuple
 
 import espeakng_loader
 import numpy as np
-import scipy.signal
 import soundfile as sf
 import tqdm
 
@@ -229,6 +228,9 @@ def _synthesize(source: SourceRecipe) -> np.ndarray:
     if _espeak_instance is None:
       _espeak_instance = _Espeak()
     samples = _espeak_instance.synthesize(source)
+  # Imported here, not at the top: it takes seconds, and every command of
+  # the example imports this module but generates no data once it exists.
+  import scipy.signal  # pylint: disable=g-import-not-at-top
   # 22050 Hz * 160 / 441 = 8000 Hz.
   return scipy.signal.resample_poly(samples / 32768.0, 160, 441)
 

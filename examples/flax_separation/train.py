@@ -91,14 +91,9 @@ def learning_rate(config: ml_collections.ConfigDict,
                   num_steps: int) -> optax.ScalarOrSchedule:
   """Adam's learning rate: constant, then a half cosine to 0.
 
-  Args:
-    config: ``learning_rate``, and ``learning_rate_decay_start``, the share
-      of the ``num_steps`` after which the rate decays (1.0: constant, as
-      the paper trains).
-    num_steps: the run's training steps.
-
-  Returns:
-    ``config.learning_rate``, or an optax schedule.
+  ``config.learning_rate_decay_start`` is the share of the run's
+  ``num_steps`` after which the rate decays (1.0: constant, as the paper
+  trains). Returns ``config.learning_rate`` or an optax schedule.
   """
   boundary = round(config.learning_rate_decay_start * num_steps)
   if boundary >= num_steps:
@@ -112,18 +107,7 @@ def learning_rate(config: ml_collections.ConfigDict,
 def batch_loss(model: nnx.Module, mixture: jax.Array, sources: jax.Array,
                loss_name: str = 'mi', chimera_alpha: float = 0.75
                ) -> jax.Array:
-  """The training loss of a batch, as ``config.loss`` names it.
-
-  Args:
-    model: a network from ``create_model`` for the same loss.
-    mixture: ``[batch, samples]``.
-    sources: ``[batch, 2, samples]``.
-    loss_name: a key of ``loss_registry.LOSSES``.
-    chimera_alpha: weight of ``L_MI`` in the Chimera loss.
-
-  Returns:
-    A scalar loss.
-  """
+  """The scalar loss ``loss_name`` of a batch (arguments as ``train_step``'s)."""
   mixture_spectrogram = spectral.stft(mixture)
   estimates = model(spectral.log_magnitude(mixture_spectrogram),
                     use_running_average=False)

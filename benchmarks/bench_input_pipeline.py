@@ -4,7 +4,7 @@ Writes two WSJ0-2mix-layout training sets of random 16-bit 8 kHz noise, with
 mixtures of 2 to 8 seconds (WSJ0-2mix's "min" lengths), of `--mixtures` and
 of 8 times as many. For each, `--repeats` fresh processes, alternating
 between the sets, train `--steps` steps of the example's loop
-(`train.train_steps`, batches of 25 excerpts of 400 frames, the paper's, on
+(`train.training_loop`, batches of 25 excerpts of 400 frames, the paper's, on
 a 1 x 64 BLSTM) and report their peak RSS: the pipeline reads mixtures from
 disk as needed, so the two sets should differ by little (under 100 MB). Then it
 times the pipeline alone, reading batches of 25 as fast as it can, against
@@ -60,8 +60,8 @@ def paper_batch_config():
 def train_and_report_peak_rss(root: str, steps: int) -> None:
   """Trains ``steps`` steps on the set at ``root``; prints the peak RSS."""
   # Imported here: the parent process measures the pipeline without JAX.
-  import jax  # pylint: disable=g-import-not-at-top
-  from examples.flax_separation import train  # pylint: disable=g-import-not-at-top
+  import jax
+  from examples.flax_separation import train
 
   config = paper_batch_config()
   split = input_pipeline.load_split(root, 'train')
@@ -69,7 +69,7 @@ def train_and_report_peak_rss(root: str, steps: int) -> None:
   optimizer = train.create_optimizer(
       model, config, input_pipeline.num_training_steps(len(split), config))
   started = time.perf_counter()
-  for step in train.train_steps(model, optimizer, split, config):
+  for step in train.training_loop(model, optimizer, split, config):
     if step.number == steps:
       break
   jax.block_until_ready(step.metrics)

@@ -1,6 +1,6 @@
 """Steps/s of the example's whole training loop against ``train_step`` alone.
 
-The loop (`train.train_steps`) reads batches from disk in background
+The loop (`train.training_loop`) reads batches from disk in background
 threads, splits each over the devices, runs `train.train_step`, and fetches
 the metrics every `config.log_every_steps`. The baseline runs
 `train.train_step` alone on the same batches, already on the devices, and
@@ -28,6 +28,7 @@ import jax
 
 from benchmarks import bench_input_pipeline
 from examples.flax_separation import input_pipeline
+from examples.flax_separation import sharding
 from examples.flax_separation import train
 
 
@@ -53,9 +54,9 @@ def main():
     model = train.create_model(config)
     optimizer = train.create_optimizer(
         model, config, input_pipeline.num_training_steps(len(split), config))
-    mesh = train.data_parallel_mesh()
-    train.replicate(mesh, model, optimizer)
-    batches = [train.shard_batch(mesh, rows) for rows in itertools.islice(
+    mesh = sharding.data_parallel_mesh()
+    sharding.replicate(mesh, model, optimizer)
+    batches = [sharding.shard_batch(mesh, rows) for rows in itertools.islice(
         input_pipeline.training_stream(split, config), args.steps)]
 
     def train_step_alone():
@@ -65,7 +66,7 @@ def main():
       return metrics
 
     def whole_loop():
-      for step in train.train_steps(model, optimizer, split, config):
+      for step in train.training_loop(model, optimizer, split, config):
         if step.number == args.steps:
           return step.metrics
 

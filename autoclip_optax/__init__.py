@@ -11,11 +11,11 @@ from autoclip_optax._skip_spikes import skip_spikes
 __version__ = '0.1.0'
 
 __all__ = (
-    'AutoClipState',
-    'DEFAULT_MAX_HISTORY',
-    'SkipSpikesState',
-    'autoclip',
-    'recorded_norms',
-    'skip_spikes',
-    'with_history',
+  'AutoClipState',
+  'DEFAULT_MAX_HISTORY',
+  'SkipSpikesState',
+  'autoclip',
+  'recorded_norms',
+  'skip_spikes',
+  'with_history',
 )

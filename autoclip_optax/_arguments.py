@@ -13,10 +13,12 @@ import numpy as np
 def _is_concrete_number(value) -> bool:
   """A real scalar known now: a Python or NumPy number, or a 0-d array."""
   return isinstance(value, numbers.Real) or (
-      isinstance(value, (jax.Array, np.ndarray)) and value.ndim == 0
-      and not isinstance(value, jax.core.Tracer)
-      and np.issubdtype(value.dtype, np.number)
-      and not np.issubdtype(value.dtype, np.complexfloating))
+    isinstance(value, (jax.Array, np.ndarray))
+    and value.ndim == 0
+    and not isinstance(value, jax.core.Tracer)
+    and np.issubdtype(value.dtype, np.number)
+    and not np.issubdtype(value.dtype, np.complexfloating)
+  )
 
 
 def check_percentile(name: str, value) -> None:
@@ -27,8 +29,9 @@ def check_percentile(name: str, value) -> None:
       raise ValueError(f'{name} must be in [0, 100], got {number}')
   elif not isinstance(value, jax.core.Tracer):
     raise TypeError(
-        f'{name} must be a real number in [0, 100], got {value!r} of type '
-        f'{type(value).__name__}')
+      f'{name} must be a real number in [0, 100], got {value!r} of type '
+      f'{type(value).__name__}'
+    )
 
 
 def check_positive_number(name: str, value) -> None:
@@ -39,12 +42,14 @@ def check_positive_number(name: str, value) -> None:
       raise ValueError(f'{name} must be finite and above 0, got {number}')
   elif not isinstance(value, jax.core.Tracer):
     raise TypeError(
-        f'{name} must be a real number above 0, got {value!r} of type '
-        f'{type(value).__name__}')
+      f'{name} must be a real number above 0, got {value!r} of type '
+      f'{type(value).__name__}'
+    )
 
 
-def check_int(name: str, value, low: int, high: int,
-              traceable: bool = False) -> None:
+def check_int(
+  name: str, value, low: int, high: int, traceable: bool = False
+) -> None:
   """Raises unless ``value`` is an int (not a bool) in [low, high].
 
   Args:
@@ -58,13 +63,16 @@ def check_int(name: str, value, low: int, high: int,
   """
   if traceable and isinstance(value, jax.core.Tracer):
     return
-  if traceable and isinstance(value, (jax.Array, np.ndarray)) and (
-      value.ndim == 0 and np.issubdtype(value.dtype, np.integer)):
+  if (
+    traceable
+    and isinstance(value, (jax.Array, np.ndarray))
+    and (value.ndim == 0 and np.issubdtype(value.dtype, np.integer))
+  ):
     value = int(value)
   if isinstance(value, bool) or not isinstance(value, numbers.Integral):
     raise TypeError(
-        f'{name} must be an int, got {value!r} of type '
-        f'{type(value).__name__}')
+      f'{name} must be an int, got {value!r} of type {type(value).__name__}'
+    )
   if not low <= int(value) <= high:
     raise ValueError(f'{name} must be in [{low}, {high}], got {value}')
 

@@ -70,16 +70,21 @@ class AutoClipState(NamedTuple):
 def _empty_state(max_history, num_groups) -> AutoClipState:
   """A state with nothing recorded; ``num_groups=None`` is the global mode."""
   groups = () if num_groups is None else (num_groups,)
-  return AutoClipState(grad_norm=jnp.zeros(groups, jnp.float32),
-                       threshold=jnp.full(groups, jnp.inf, jnp.float32),
-                       num_clipped=jnp.zeros(groups, jnp.int32),
-                       num_nonfinite=jnp.zeros(groups, jnp.int32),
-                       **_history.empty(max_history, groups)._asdict())
+  return AutoClipState(
+    grad_norm=jnp.zeros(groups, jnp.float32),
+    threshold=jnp.full(groups, jnp.inf, jnp.float32),
+    num_clipped=jnp.zeros(groups, jnp.int32),
+    num_nonfinite=jnp.zeros(groups, jnp.int32),
+    **_history.empty(max_history, groups)._asdict(),
+  )
 
 
 def _groups_text(num_groups) -> str:
-  return ('no groups (group_by=None)' if num_groups is None
-          else f'{num_groups} groups')
+  return (
+    'no groups (group_by=None)'
+    if num_groups is None
+    else f'{num_groups} groups'
+  )
 
 
 def _check_state_fits(state, num_groups, max_history) -> None:
@@ -93,14 +98,16 @@ def _check_state_fits(state, num_groups, max_history) -> None:
   if state.count.shape != expected:
     found = None if not state.count.shape else state.count.shape[0]
     raise ValueError(
-        f'the state was initialised for {_groups_text(found)}, but this '
-        f'autoclip has {_groups_text(num_groups)} for these updates: init '
-        'and update need the same group_by and params of the same structure')
+      f'the state was initialised for {_groups_text(found)}, but this '
+      f'autoclip has {_groups_text(num_groups)} for these updates: init '
+      'and update need the same group_by and params of the same structure'
+    )
   if state.history.shape[-1] != max_history:
     raise ValueError(
-        f'the state holds windows of {state.history.shape[-1]} norms, but '
-        f'max_history is {max_history}; move the norms with '
-        'recorded_norms and with_history')
+      f'the state holds windows of {state.history.shape[-1]} norms, but '
+      f'max_history is {max_history}; move the norms with '
+      'recorded_norms and with_history'
+    )
 
 
 def _record_and_threshold(state, grad_norm, percentile, min_history):
@@ -116,29 +123,33 @@ def _record_and_threshold(state, grad_norm, percentile, min_history):
     The factor to multiply each window's updates by, and the new state.
   """
   finite = jnp.isfinite(grad_norm)
-  history, window_percentile = _history.record(_history.of(state), grad_norm,
-                                               percentile)
-  threshold = jnp.where(history.count >= min_history, window_percentile,
-                        jnp.inf)
+  history, window_percentile = _history.record(
+    _history.of(state), grad_norm, percentile
+  )
+  threshold = jnp.where(
+    history.count >= min_history, window_percentile, jnp.inf
+  )
   above = grad_norm > threshold
   # Division-free when not clipping; threshold 0 gives 0, not 0/0.
   scale = jnp.where(above, threshold / grad_norm, 1.0)
   return scale, state._replace(
-      grad_norm=grad_norm,
-      threshold=threshold,
-      num_clipped=jnp.where(above & finite,
-                            optax.safe_increment(state.num_clipped),
-                            state.num_clipped),
-      num_nonfinite=jnp.where(finite, state.num_nonfinite,
-                              optax.safe_increment(state.num_nonfinite)),
-      **history._asdict())
+    grad_norm=grad_norm,
+    threshold=threshold,
+    num_clipped=jnp.where(
+      above & finite, optax.safe_increment(state.num_clipped), state.num_clipped
+    ),
+    num_nonfinite=jnp.where(
+      finite, state.num_nonfinite, optax.safe_increment(state.num_nonfinite)
+    ),
+    **history._asdict(),
+  )
 
 
 def autoclip(
-    percentile: float | jax.Array = 10.0,
-    max_history: int = DEFAULT_MAX_HISTORY,
-    group_by: _groups.GroupBy = None,
-    min_history: int | jax.Array = 0,
+  percentile: float | jax.Array = 10.0,
+  max_history: int = DEFAULT_MAX_HISTORY,
+  group_by: _groups.GroupBy = None,
+  min_history: int | jax.Array = 0,
 ) -> optax.GradientTransformation:
   """Clips updates by norm to a percentile of their past norms.
 
@@ -234,38 +245,44 @@ def autoclip(
   """
   _arguments.check_percentile('percentile', percentile)
   _arguments.check_int('max_history', max_history, 1, _percentile.MAX_WINDOW)
-  _arguments.check_int('min_history', min_history, 0, max_history,
-                       traceable=True)
+  _arguments.check_int(
+    'min_history', min_history, 0, max_history, traceable=True
+  )
   _groups.validate(group_by)
 
   def init_fn(params: optax.Params) -> AutoClipState:
     _, num_groups = _groups.assign(group_by, params)
-    return _empty_state(max_history,
-                        None if group_by is None else num_groups)
+    return _empty_state(max_history, None if group_by is None else num_groups)
 
   def update_fn(
-      updates: optax.Updates, state: AutoClipState,
-      params: optax.Params | None = None,
+    updates: optax.Updates,
+    state: AutoClipState,
+    params: optax.Params | None = None,
   ) -> tuple[optax.Updates, AutoClipState]:
     del params
     _arguments.check_scalar('percentile', percentile)
     _arguments.check_scalar('min_history', min_history)
     group_of_leaf, num_groups = _groups.assign(group_by, updates)
-    _check_state_fits(state, None if group_by is None else num_groups,
-                      max_history)
+    _check_state_fits(
+      state, None if group_by is None else num_groups, max_history
+    )
     leaves, treedef = jax.tree.flatten(updates)
     grad_norms = _groups.group_norms(leaves, group_of_leaf, num_groups)
     # All groups' windows in one batch: one pass for them all.
     scale, state = _record_and_threshold(
-        state, grad_norms if group_by is not None else grad_norms[0],
-        percentile, min_history)
+      state,
+      grad_norms if group_by is not None else grad_norms[0],
+      percentile,
+      min_history,
+    )
     if group_by is None:
       scale_of_leaf = (scale,) * len(leaves)
     else:
       scale_of_leaf = _groups.leaf_scales(scale, group_of_leaf)
-    clipped = [leaf if _groups.is_float0(leaf)
-               else leaf * leaf_scale.astype(leaf.dtype)
-               for leaf, leaf_scale in zip(leaves, scale_of_leaf)]
+    clipped = [
+      leaf if _groups.is_float0(leaf) else leaf * leaf_scale.astype(leaf.dtype)
+      for leaf, leaf_scale in zip(leaves, scale_of_leaf)
+    ]
     return jax.tree.unflatten(treedef, clipped), state
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -33,8 +33,9 @@ def validate(group_by: GroupBy) -> None:
   if isinstance(group_by, str):
     if group_by != LEAF:
       raise ValueError(
-          f"group_by must be None, '{LEAF}', a callable returning a pytree of "
-          f'labels, or a pytree of labels; got the string {group_by!r}')
+        f"group_by must be None, '{LEAF}', a callable returning a pytree of "
+        f'labels, or a pytree of labels; got the string {group_by!r}'
+      )
     return
   _label_order(jax.tree.leaves(group_by))
 
@@ -45,25 +46,31 @@ def _label_order(labels: Sequence[Any]) -> dict[Any, int]:
     return {label: index for index, label in enumerate(sorted(set(labels)))}
   except TypeError as error:
     raise TypeError(
-        'group_by labels must be hashable and mutually orderable (for '
-        f'example all str), got {sorted(set(map(repr, labels)))}') from error
+      'group_by labels must be hashable and mutually orderable (for '
+      f'example all str), got {sorted(set(map(repr, labels)))}'
+    ) from error
 
 
 def _leaf_labels(labels, tree) -> list[Hashable]:
   """One label per leaf of ``tree``; ``labels`` may be a prefix of ``tree``."""
   try:
     leaves_per_label = jax.tree.map(
-        lambda _, subtree: len(jax.tree.leaves(subtree)), labels, tree)
+      lambda _, subtree: len(jax.tree.leaves(subtree)), labels, tree
+    )
   except (ValueError, TypeError) as error:
     raise ValueError(
-        'group_by must give a pytree of labels with the structure of the '
-        f'params and updates or a prefix of it; the tree is '
-        f'{jax.tree.structure(tree)}, the labels '
-        f'{jax.tree.structure(labels)}') from error
-  return [label
-          for label, num_leaves in zip(jax.tree.leaves(labels),
-                                       jax.tree.leaves(leaves_per_label))
-          for _ in range(num_leaves)]
+      'group_by must give a pytree of labels with the structure of the '
+      f'params and updates or a prefix of it; the tree is '
+      f'{jax.tree.structure(tree)}, the labels '
+      f'{jax.tree.structure(labels)}'
+    ) from error
+  return [
+    label
+    for label, num_leaves in zip(
+      jax.tree.leaves(labels), jax.tree.leaves(leaves_per_label)
+    )
+    for _ in range(num_leaves)
+  ]
 
 
 def assign(group_by: GroupBy, tree) -> tuple[tuple[int, ...], int]:
@@ -116,8 +123,9 @@ def check_leaves(leaves: Sequence[jax.Array]) -> None:
     dtype = jnp.result_type(leaf)
     if not (is_float0(leaf) or jnp.issubdtype(dtype, jnp.inexact)):
       raise TypeError(
-          'updates must be floating point or complex to be clipped, but '
-          f'leaf {index} (in jax.tree.leaves order) has dtype {dtype}')
+        'updates must be floating point or complex to be clipped, but '
+        f'leaf {index} (in jax.tree.leaves order) has dtype {dtype}'
+      )
 
 
 def _squared_norm(leaf) -> jax.Array:
@@ -126,8 +134,9 @@ def _squared_norm(leaf) -> jax.Array:
   return jnp.sum(jnp.real(wide * jnp.conj(wide)))
 
 
-def group_norms(leaves: Sequence[jax.Array], group_of_leaf: Sequence[int],
-                num_groups: int) -> jax.Array:
+def group_norms(
+  leaves: Sequence[jax.Array], group_of_leaf: Sequence[int], num_groups: int
+) -> jax.Array:
   """The L2 norm of each group's leaves.
 
   Args:
@@ -148,12 +157,15 @@ def group_norms(leaves: Sequence[jax.Array], group_of_leaf: Sequence[int],
   for leaf, group in zip(leaves, group_of_leaf):
     if not is_float0(leaf):
       squares[group].append(_squared_norm(leaf))
-  return jnp.asarray([jnp.sqrt(sum(group_squares, jnp.float32(0)))
-                      for group_squares in squares], jnp.float32)
+  return jnp.asarray(
+    [jnp.sqrt(sum(group_squares, jnp.float32(0))) for group_squares in squares],
+    jnp.float32,
+  )
 
 
-def leaf_scales(scales: jax.Array,
-                group_of_leaf: Sequence[int]) -> tuple[jax.Array, ...]:
+def leaf_scales(
+  scales: jax.Array, group_of_leaf: Sequence[int]
+) -> tuple[jax.Array, ...]:
   """Each leaf's group's entry of ``scales``, as a scalar.
 
   On TPU each is a masked sum over ``scales`` rather than an element read
@@ -172,11 +184,13 @@ def leaf_scales(scales: jax.Array,
 
   def by_masked_sums(scales):
     index = jnp.arange(scales.shape[0])
-    return tuple(jnp.sum(jnp.where(index == group, scales, 0))
-                 for group in groups)
+    return tuple(
+      jnp.sum(jnp.where(index == group, scales, 0)) for group in groups
+    )
 
   def by_indexing(scales):
     return tuple(scales[group] for group in groups)
 
-  return jax.lax.platform_dependent(scales, tpu=by_masked_sums,
-                                    default=by_indexing)
+  return jax.lax.platform_dependent(
+    scales, tpu=by_masked_sums, default=by_indexing
+  )

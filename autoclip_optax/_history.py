@@ -49,24 +49,27 @@ def empty(max_history: int, batch_shape: tuple[int, ...]) -> NormHistory:
   ranks, newest_rank = _window.initial_ranks(batch_shape, max_history)
   # Separate buffers, so that the state can be donated.
   return NormHistory(
-      count=jnp.zeros(batch_shape, jnp.int32),
-      history=jnp.full(batch_shape + (max_history,), jnp.inf, jnp.float32),
-      ranks=ranks,
-      newest_rank=newest_rank,
-      oldest=jnp.full(batch_shape, jnp.inf, jnp.float32),
-      next_slot=jnp.zeros(batch_shape, jnp.int32),
+    count=jnp.zeros(batch_shape, jnp.int32),
+    history=jnp.full(batch_shape + (max_history,), jnp.inf, jnp.float32),
+    ranks=ranks,
+    newest_rank=newest_rank,
+    oldest=jnp.full(batch_shape, jnp.inf, jnp.float32),
+    next_slot=jnp.zeros(batch_shape, jnp.int32),
   )
 
 
 def _clipped_percentile(percentile_value) -> jax.Array:
   """A traced percentile may be out of range: [0, 100], NaN counting as 100."""
   return jnp.clip(
-      jnp.nan_to_num(jnp.asarray(percentile_value, jnp.float32), nan=100.0),
-      0.0, 100.0)
+    jnp.nan_to_num(jnp.asarray(percentile_value, jnp.float32), nan=100.0),
+    0.0,
+    100.0,
+  )
 
 
-def record(history: NormHistory, norm: jax.Array,
-           percentile_value) -> tuple[NormHistory, jax.Array]:
+def record(
+  history: NormHistory, norm: jax.Array, percentile_value
+) -> tuple[NormHistory, jax.Array]:
   """Records ``norm`` if finite, and takes a percentile of the new window.
 
   Args:
@@ -85,23 +88,32 @@ def record(history: NormHistory, norm: jax.Array,
   """
   max_history = history.history.shape[-1]
   finite = jnp.isfinite(norm)
-  count = jnp.where(finite, optax.safe_increment(history.count),
-                    history.count)
+  count = jnp.where(finite, optax.safe_increment(history.count), history.count)
   num_filled = jnp.minimum(count, max_history)
   lower, upper, weight = _percentile.ranks_and_weight(
-      _clipped_percentile(percentile_value), num_filled)
+    _clipped_percentile(percentile_value), num_filled
+  )
   replaced = _window.replace_and_select(
-      history.history, history.ranks, history.newest_rank,
-      history.next_slot, history.oldest, norm, finite, lower, upper)
+    history.history,
+    history.ranks,
+    history.newest_rank,
+    history.next_slot,
+    history.oldest,
+    norm,
+    finite,
+    lower,
+    upper,
+  )
   return NormHistory(
-      count=count,
-      history=replaced.values,
-      ranks=replaced.ranks,
-      newest_rank=replaced.newest_rank,
-      oldest=replaced.next_leaving,
-      next_slot=replaced.next_slot,
-  ), _percentile.interpolate(replaced.lower_value, replaced.upper_value,
-                             weight, num_filled)
+    count=count,
+    history=replaced.values,
+    ranks=replaced.ranks,
+    newest_rank=replaced.newest_rank,
+    oldest=replaced.next_leaving,
+    next_slot=replaced.next_slot,
+  ), _percentile.interpolate(
+    replaced.lower_value, replaced.upper_value, weight, num_filled
+  )
 
 
 def percentile(history: NormHistory, percentile_value) -> jax.Array:
@@ -115,8 +127,11 @@ def percentile(history: NormHistory, percentile_value) -> jax.Array:
     float32, as ``np.percentile`` over the recorded norms; ``+inf`` when none
     is recorded.
   """
-  return record(history, jnp.full(history.count.shape, jnp.nan, jnp.float32),
-                percentile_value)[1]
+  return record(
+    history,
+    jnp.full(history.count.shape, jnp.nan, jnp.float32),
+    percentile_value,
+  )[1]
 
 
 def _from_norms(norms: np.ndarray, max_history: int) -> NormHistory:
@@ -124,9 +139,9 @@ def _from_norms(norms: np.ndarray, max_history: int) -> NormHistory:
   with np.errstate(over='ignore'):  # 1e39 becomes inf, as in a step.
     as_float32 = norms.astype(np.float32)
   finite = as_float32[np.isfinite(as_float32)]
-  kept = finite[len(finite) - min(len(finite), max_history):]
+  kept = finite[len(finite) - min(len(finite), max_history) :]
   ring = np.full(max_history, np.inf, np.float32)
-  ring[:len(kept)] = kept
+  ring[: len(kept)] = kept
   next_slot = len(finite) % max_history
   if len(finite) >= max_history:
     # The oldest kept norm sits where the next one will be written.
@@ -138,12 +153,12 @@ def _from_norms(norms: np.ndarray, max_history: int) -> NormHistory:
   newest_rank = ranks[newest]
   ranks[newest] = _window.PLACEHOLDER_RANK
   return NormHistory(
-      count=np.int32(min(len(finite), np.iinfo(np.int32).max)),
-      history=ring,
-      ranks=ranks,
-      newest_rank=np.int32(newest_rank),
-      oldest=ring[next_slot],
-      next_slot=np.int32(next_slot),
+    count=np.int32(min(len(finite), np.iinfo(np.int32).max)),
+    history=ring,
+    ranks=ranks,
+    newest_rank=np.int32(newest_rank),
+    oldest=ring[next_slot],
+    next_slot=np.int32(next_slot),
   )
 
 
@@ -151,13 +166,17 @@ def _has_history(node) -> bool:
   """Whether ``node`` is a state NamedTuple with the history fields."""
   fields = getattr(node, '_fields', ())
   return isinstance(node, tuple) and all(
-      field in fields for field in NormHistory._fields)
+    field in fields for field in NormHistory._fields
+  )
 
 
 def _histories(state) -> list:
   """The outermost states in ``state`` that have the history fields."""
-  return [node for node in jax.tree.leaves(state, is_leaf=_has_history)
-          if _has_history(node)]
+  return [
+    node
+    for node in jax.tree.leaves(state, is_leaf=_has_history)
+    if _has_history(node)
+  ]
 
 
 def _as_norms(norms) -> np.ndarray:
@@ -174,21 +193,25 @@ def _seeded(history: NormHistory, norms) -> NormHistory:
     rows = [_as_norms(norms)]
     if rows[0].ndim != 1:
       raise ValueError(
-          'norms must be 1-D (oldest first) for a state without groups, got '
-          f'shape {rows[0].shape}')
+        'norms must be 1-D (oldest first) for a state without groups, got '
+        f'shape {rows[0].shape}'
+      )
   else:
     rows = [_as_norms(row) for row in norms]
     if len(rows) != history.history.shape[0] or any(
-        row.ndim != 1 for row in rows):
+      row.ndim != 1 for row in rows
+    ):
       raise ValueError(
-          f'norms must hold one 1-D sequence per group '
-          f'({history.history.shape[0]} groups), got '
-          f'{[row.shape for row in rows]}')
+        f'norms must hold one 1-D sequence per group '
+        f'({history.history.shape[0]} groups), got '
+        f'{[row.shape for row in rows]}'
+      )
   negative = [row[row < 0] for row in rows]
   if any(len(values) for values in negative):
     raise ValueError(
-        'norms must not be negative (log-norms, say), got '
-        f'{np.concatenate(negative)[:5].tolist()}')
+      'norms must not be negative (log-norms, say), got '
+      f'{np.concatenate(negative)[:5].tolist()}'
+    )
   seeded = [_from_norms(row, max_history) for row in rows]
   stacked = jax.tree.map(lambda *rows: np.stack(rows), *seeded)
   if history.history.ndim == 1:
@@ -232,15 +255,18 @@ def with_history(state: optax.OptState, norms) -> optax.OptState:
   """
   if not _histories(state):
     raise ValueError(
-        'state holds no AutoClipState or SkipSpikesState to seed, got '
-        f'{type(state).__name__}')
+      'state holds no AutoClipState or SkipSpikesState to seed, got '
+      f'{type(state).__name__}'
+    )
 
   def seed(node):
     if not _has_history(node):
       return node
-    others = {field: jax.tree.map(seed, value, is_leaf=_has_history)
-              for field, value in node._asdict().items()
-              if field not in NormHistory._fields}
+    others = {
+      field: jax.tree.map(seed, value, is_leaf=_has_history)
+      for field, value in node._asdict().items()
+      if field not in NormHistory._fields
+    }
     return node._replace(**others, **_seeded(of(node), norms)._asdict())
 
   return jax.tree.map(seed, state, is_leaf=_has_history)
@@ -251,14 +277,21 @@ def _all_histories(state) -> list:
   found = []
   for node in _histories(state):
     found.append(node)
-    found.extend(_all_histories(
-        [value for field, value in node._asdict().items()
-         if field not in NormHistory._fields]))
+    found.extend(
+      _all_histories(
+        [
+          value
+          for field, value in node._asdict().items()
+          if field not in NormHistory._fields
+        ]
+      )
+    )
   return found
 
 
 def recorded_norms(
-    state: optax.OptState, state_type: type | None = None,
+  state: optax.OptState,
+  state_type: type | None = None,
 ) -> np.ndarray | list[np.ndarray]:
   """The finite norms in a state's window, oldest first.
 
@@ -299,35 +332,47 @@ def recorded_norms(
     [2. 3.]
   """
   if state_type is not None and not (
-      isinstance(state_type, type) and all(
-          field in getattr(state_type, '_fields', ())
-          for field in NormHistory._fields)):
+    isinstance(state_type, type)
+    and all(
+      field in getattr(state_type, '_fields', ())
+      for field in NormHistory._fields
+    )
+  ):
     raise TypeError(
-        'state_type must be AutoClipState or SkipSpikesState (a state type '
-        f'with a window), got {state_type!r}')
+      'state_type must be AutoClipState or SkipSpikesState (a state type '
+      f'with a window), got {state_type!r}'
+    )
   found = _all_histories(state)
   if state_type is not None:
     found = [node for node in found if isinstance(node, state_type)]
   names = ', '.join(type(node).__name__ for node in found)
   if not found:
-    wanted = ('AutoClipState or SkipSpikesState' if state_type is None
-              else state_type.__name__)
+    wanted = (
+      'AutoClipState or SkipSpikesState'
+      if state_type is None
+      else state_type.__name__
+    )
     raise ValueError(
-        f'state holds no window to read: no {wanted} in a '
-        f'{type(state).__name__}')
-  if len(found) > 1 and state_type is None:
-    raise ValueError(
+      f'state holds no window to read: no {wanted} in a {type(state).__name__}'
+    )
+  if len(found) > 1:
+    if state_type is None:
+      raise ValueError(
         f'state holds {len(found)} windows ({names}, outer first): pass '
         'state_type=AutoClipState or state_type=SkipSpikesState to say '
-        'which to read')
-  if len(found) > 1:
+        'which to read'
+      )
     raise ValueError(
-        f'state holds {len(found)} windows of type {state_type.__name__}: '
-        'pass the state of the one you want (state[0], say)')
+      f'state holds {len(found)} windows of type {state_type.__name__}: '
+      'pass the state of the one you want (state[0], say)'
+    )
   history = of(found[0])
-  rows = [np.roll(np.asarray(ring), -int(slot))
-          for ring, slot in zip(np.atleast_2d(history.history),
-                                np.atleast_1d(history.next_slot))]
+  rows = [
+    np.roll(np.asarray(ring), -int(slot))
+    for ring, slot in zip(
+      np.atleast_2d(history.history), np.atleast_1d(history.next_slot)
+    )
+  ]
   # Unwritten slots hold +inf; recorded norms are finite.
   rows = [row[np.isfinite(row)] for row in rows]
   return rows[0] if history.history.ndim == 1 else rows

@@ -32,8 +32,9 @@ def _split_int(value: jax.Array) -> tuple[jax.Array, jax.Array]:
   return high.astype(jnp.float32), (value & _LOW_MASK).astype(jnp.float32)
 
 
-def _rank(percentile: jax.Array,
-          last_index: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _rank(
+  percentile: jax.Array, last_index: jax.Array
+) -> tuple[jax.Array, jax.Array]:
   """Returns ``floor(rank)`` and ``rank - floor(rank)`` for the virtual index.
 
   Args:
@@ -65,8 +66,8 @@ def _rank(percentile: jax.Array,
 
 
 def ranks_and_weight(
-    percentile: jax.Array,
-    num_filled: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  percentile: jax.Array, num_filled: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Where the ``percentile``-th percentile of ``num_filled`` values sits.
 
   Args:
@@ -82,8 +83,12 @@ def ranks_and_weight(
   return lower, jnp.minimum(lower + 1, last_index), weight
 
 
-def interpolate(lower_value: jax.Array, upper_value: jax.Array,
-                weight: jax.Array, num_filled: jax.Array) -> jax.Array:
+def interpolate(
+  lower_value: jax.Array,
+  upper_value: jax.Array,
+  weight: jax.Array,
+  num_filled: jax.Array,
+) -> jax.Array:
   """The percentile from the two order statistics around it.
 
   Matches ``np.percentile`` (linear interpolation, NumPy's default) to
@@ -100,6 +105,7 @@ def interpolate(lower_value: jax.Array, upper_value: jax.Array,
   """
   # NumPy's _lerp: interpolate from the nearer end for monotone rounding.
   gap = upper_value - lower_value
-  value = jnp.where(weight >= 0.5, upper_value - gap * (1 - weight),
-                    lower_value + gap * weight)
+  value = jnp.where(
+    weight >= 0.5, upper_value - gap * (1 - weight), lower_value + gap * weight
+  )
   return jnp.where(num_filled > 0, value, jnp.inf)

@@ -58,12 +58,12 @@ class SkipSpikesState(NamedTuple):
 
 
 def skip_spikes(
-    inner: optax.GradientTransformation,
-    factor: float | jax.Array = 6.0,
-    percentile: float | jax.Array = 50.0,
-    max_history: int = 1000,
-    min_history: int | jax.Array = 100,
-    max_consecutive_skips: int | jax.Array = 10,
+  inner: optax.GradientTransformation,
+  factor: float | jax.Array = 6.0,
+  percentile: float | jax.Array = 50.0,
+  max_history: int = 1000,
+  min_history: int | jax.Array = 100,
+  max_consecutive_skips: int | jax.Array = 10,
 ) -> optax.GradientTransformationExtraArgs:
   """Skips steps whose update norm is ``factor`` times its usual size.
 
@@ -131,27 +131,35 @@ def skip_spikes(
   _arguments.check_positive_number('factor', factor)
   _arguments.check_percentile('percentile', percentile)
   _arguments.check_int('max_history', max_history, 1, _percentile.MAX_WINDOW)
-  _arguments.check_int('min_history', min_history, 0, max_history,
-                       traceable=True)
-  _arguments.check_int('max_consecutive_skips', max_consecutive_skips, 1,
-                       2**31 - 1, traceable=True)
+  _arguments.check_int(
+    'min_history', min_history, 0, max_history, traceable=True
+  )
+  _arguments.check_int(
+    'max_consecutive_skips', max_consecutive_skips, 1, 2**31 - 1, traceable=True
+  )
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params: optax.Params) -> SkipSpikesState:
     return SkipSpikesState(
-        inner_state=inner.init(params),
-        spike_threshold=jnp.asarray(jnp.inf, jnp.float32),
-        num_skipped=jnp.zeros([], jnp.int32),
-        consecutive_spikes=jnp.zeros([], jnp.int32),
-        **_history.empty(max_history, ())._asdict())
+      inner_state=inner.init(params),
+      spike_threshold=jnp.asarray(jnp.inf, jnp.float32),
+      num_skipped=jnp.zeros([], jnp.int32),
+      consecutive_spikes=jnp.zeros([], jnp.int32),
+      **_history.empty(max_history, ())._asdict(),
+    )
 
   def update_fn(
-      updates: optax.Updates, state: SkipSpikesState,
-      params: optax.Params | None = None, **extra_args,
+    updates: optax.Updates,
+    state: SkipSpikesState,
+    params: optax.Params | None = None,
+    **extra_args,
   ) -> tuple[optax.Updates, SkipSpikesState]:
-    for name, value in [('factor', factor), ('percentile', percentile),
-                        ('min_history', min_history),
-                        ('max_consecutive_skips', max_consecutive_skips)]:
+    for name, value in [
+      ('factor', factor),
+      ('percentile', percentile),
+      ('min_history', min_history),
+      ('max_consecutive_skips', max_consecutive_skips),
+    ]:
       _arguments.check_scalar(name, value)
     leaves = jax.tree.leaves(updates)
     norm = _groups.group_norms(leaves, (0,) * len(leaves), 1)[0]
@@ -159,33 +167,48 @@ def skip_spikes(
     # A traced factor may be out of range: at least the smallest positive
     # float32, NaN counting as +inf (nothing is a spike).
     usual_factor = jnp.asarray(factor, jnp.float32)
-    usual_factor = jnp.where(jnp.isnan(usual_factor), jnp.inf,
-                             jnp.maximum(usual_factor,
-                                         jnp.finfo(jnp.float32).tiny))
+    usual_factor = jnp.where(
+      jnp.isnan(usual_factor),
+      jnp.inf,
+      jnp.maximum(usual_factor, jnp.finfo(jnp.float32).tiny),
+    )
     spike_threshold = jnp.where(
-        history.count >= min_history,
-        usual_factor * _history.percentile(history, percentile), jnp.inf)
+      history.count >= min_history,
+      usual_factor * _history.percentile(history, percentile),
+      jnp.inf,
+    )
     finite = jnp.isfinite(norm)
     spike = finite & (norm > spike_threshold)
     skip = ~finite | (
-        spike & (state.consecutive_spikes < max_consecutive_skips))
+      spike & (state.consecutive_spikes < max_consecutive_skips)
+    )
     inner_updates, inner_state = inner.update(
-        updates, state.inner_state, params, **extra_args)
+      updates, state.inner_state, params, **extra_args
+    )
     updates = jax.tree.map(
-        lambda update: update if _groups.is_float0(update)
-        else jnp.where(skip, 0, update), inner_updates)
-    inner_state = jax.tree.map(lambda old, new: jnp.where(skip, old, new),
-                               state.inner_state, inner_state)
-    recorded, _ = _history.record(history, jnp.where(skip, jnp.nan, norm),
-                                  percentile)
+      lambda update: (
+        update if _groups.is_float0(update) else jnp.where(skip, 0, update)
+      ),
+      inner_updates,
+    )
+    inner_state = jax.tree.map(
+      lambda old, new: jnp.where(skip, old, new), state.inner_state, inner_state
+    )
+    recorded, _ = _history.record(
+      history, jnp.where(skip, jnp.nan, norm), percentile
+    )
     return updates, SkipSpikesState(
-        inner_state=inner_state,
-        spike_threshold=spike_threshold,
-        num_skipped=jnp.where(skip, optax.safe_increment(state.num_skipped),
-                              state.num_skipped),
-        consecutive_spikes=jnp.where(
-            spike, optax.safe_increment(state.consecutive_spikes),
-            jnp.where(finite, 0, state.consecutive_spikes)),
-        **recorded._asdict())
+      inner_state=inner_state,
+      spike_threshold=spike_threshold,
+      num_skipped=jnp.where(
+        skip, optax.safe_increment(state.num_skipped), state.num_skipped
+      ),
+      consecutive_spikes=jnp.where(
+        spike,
+        optax.safe_increment(state.consecutive_spikes),
+        jnp.where(finite, 0, state.consecutive_spikes),
+      ),
+      **recorded._asdict(),
+    )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -68,10 +68,13 @@ def sum_terms_in_one_reduce(*terms: jax.Array) -> jax.Array:
   """
   zero = jnp.zeros((), terms[0].dtype)
   sums = jax.lax.reduce(
-      terms, (zero,) * len(terms),
-      lambda totals, values: tuple(
-          total + value for total, value in zip(totals, values)),
-      (terms[0].ndim - 1,))
+    terms,
+    (zero,) * len(terms),
+    lambda totals, values: tuple(
+      total + value for total, value in zip(totals, values)
+    ),
+    (terms[0].ndim - 1,),
+  )
   return jnp.stack(sums, -1)
 
 
@@ -87,29 +90,41 @@ def sum_terms(*terms: jax.Array) -> jax.Array:
   :func:`sum_each_term` on TPU. The sums are of ones, or of one value and
   zeros: exact, so all three give the same bits.
   """
-  return jax.lax.platform_dependent(*terms, cuda=sum_stacked_terms,
-                                    rocm=sum_stacked_terms,
-                                    cpu=sum_terms_in_one_reduce,
-                                    default=sum_each_term)
+  return jax.lax.platform_dependent(
+    *terms,
+    cuda=sum_stacked_terms,
+    rocm=sum_stacked_terms,
+    cpu=sum_terms_in_one_reduce,
+    default=sum_each_term,
+  )
 
 
-def initial_ranks(batch_shape: tuple[int, ...],
-                  size: int) -> tuple[jax.Array, jax.Array]:
+def initial_ranks(
+  batch_shape: tuple[int, ...], size: int
+) -> tuple[jax.Array, jax.Array]:
   """The ranks of a window of equal values (``+inf``), slot ``size - 1`` newest.
 
   Returns:
     The rank array (``[*batch_shape, size]``, int32) and the newest rank.
   """
   ranks = jnp.arange(size, dtype=jnp.int32).at[size - 1].set(PLACEHOLDER_RANK)
-  return (jnp.broadcast_to(ranks, batch_shape + (size,)).copy(),
-          jnp.full(batch_shape, size - 1, jnp.int32))
+  return (
+    jnp.broadcast_to(ranks, batch_shape + (size,)).copy(),
+    jnp.full(batch_shape, size - 1, jnp.int32),
+  )
 
 
-def replace_and_select(values: jax.Array, ranks: jax.Array,
-                       newest_rank: jax.Array, slot: jax.Array,
-                       leaving: jax.Array, arriving: jax.Array,
-                       recorded: jax.Array, lower: jax.Array,
-                       upper: jax.Array) -> Replaced:
+def replace_and_select(
+  values: jax.Array,
+  ranks: jax.Array,
+  newest_rank: jax.Array,
+  slot: jax.Array,
+  leaving: jax.Array,
+  arriving: jax.Array,
+  recorded: jax.Array,
+  lower: jax.Array,
+  upper: jax.Array,
+) -> Replaced:
   """Puts ``arriving`` in ``slot`` and reads two order statistics.
 
   Every array may carry leading batch axes (one window per group); scalars
@@ -146,8 +161,9 @@ def replace_and_select(values: jax.Array, ranks: jax.Array,
     values = jnp.where(index == column(slot), column(arriving), values)
   is_slot = index == column(slot)
   previous_newest = (slot + size - 1) % size
-  ranks = jnp.where(index == column(previous_newest), column(newest_rank),
-                    ranks)
+  ranks = jnp.where(
+    index == column(previous_newest), column(newest_rank), ranks
+  )
 
   def above(value):
     """Whether each slot sorts above ``value`` placed at ``slot``."""
@@ -155,8 +171,9 @@ def replace_and_select(values: jax.Array, ranks: jax.Array,
     return (values > value) | ((values == value) & (index > column(slot)))
 
   above_arriving = above(arriving)
-  ranks = (ranks - above(leaving).astype(jnp.int32)
-           + above_arriving.astype(jnp.int32))
+  ranks = (
+    ranks - above(leaving).astype(jnp.int32) + above_arriving.astype(jnp.int32)
+  )
   newest = jnp.where(recorded, slot, previous_newest)
   ranks = jnp.where(index == column(newest), PLACEHOLDER_RANK, ranks)
   next_slot = (newest + 1) % size
@@ -167,11 +184,13 @@ def replace_and_select(values: jax.Array, ranks: jax.Array,
   # value and zeros, exact). They read the ranks the pass writes, so that
   # XLA fuses that write into the reduction.
   zero, one = jnp.zeros((), dtype), jnp.ones((), dtype)
-  terms = (jnp.where(is_slot | above_arriving, zero, one),
-           jnp.where(ranks == column(lower), values, zero),
-           jnp.where(ranks == column(upper), values, zero),
-           jnp.where(index == column(previous_newest), values, zero),
-           jnp.where(index == column(next_slot), values, zero))
+  terms = (
+    jnp.where(is_slot | above_arriving, zero, one),
+    jnp.where(ranks == column(lower), values, zero),
+    jnp.where(ranks == column(upper), values, zero),
+    jnp.where(index == column(previous_newest), values, zero),
+    jnp.where(index == column(next_slot), values, zero),
+  )
   sums = sum_terms(*terms)
   arriving_rank = sums[..., 0].astype(jnp.int32)
   newest_rank = jnp.where(recorded, arriving_rank, newest_rank)
@@ -181,11 +200,11 @@ def replace_and_select(values: jax.Array, ranks: jax.Array,
     return jnp.where(newest_rank == rank, newest_value, others)
 
   return Replaced(
-      values=values,
-      ranks=ranks,
-      newest_rank=newest_rank,
-      next_slot=next_slot,
-      next_leaving=sums[..., 4],
-      lower_value=value_of_rank(lower, sums[..., 1]),
-      upper_value=value_of_rank(upper, sums[..., 2]),
+    values=values,
+    ranks=ranks,
+    newest_rank=newest_rank,
+    next_slot=next_slot,
+    next_leaving=sums[..., 4],
+    lower_value=value_of_rank(lower, sums[..., 1]),
+    upper_value=value_of_rank(upper, sums[..., 2]),
   )

@@ -37,10 +37,12 @@ def full_window(state, rng):
     return with_history(node, rng.lognormal(size=node.history.shape))
 
   # skip_spikes's window first: with_history seeds the states inside it too.
-  state = jax.tree.map(fill, state,
-                       is_leaf=lambda node: isinstance(node, SkipSpikesState))
-  return jax.tree.map(fill, state,
-                      is_leaf=lambda node: isinstance(node, AutoClipState))
+  state = jax.tree.map(
+    fill, state, is_leaf=lambda node: isinstance(node, SkipSpikesState)
+  )
+  return jax.tree.map(
+    fill, state, is_leaf=lambda node: isinstance(node, AutoClipState)
+  )
 
 
 def make_step(tx, params, grads, rng):
@@ -54,8 +56,13 @@ def make_step(tx, params, grads, rng):
     return optax.apply_updates(params, updates), state, step_number + 1
 
   step = jax.jit(step, donate_argnums=(0, 1))
-  carry = [(jax.tree.map(jnp.copy, params),
-            full_window(tx.init(params), rng), jnp.int32(0))]
+  carry = [
+    (
+      jax.tree.map(jnp.copy, params),
+      full_window(tx.init(params), rng),
+      jnp.int32(0),
+    )
+  ]
 
   def run_once():
     carry[0] = step(*carry[0])
@@ -82,31 +89,43 @@ def interleaved_medians(runners, rounds, calls_per_round):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--cases', default=','.join(DEFAULT_CASES),
-                      help='comma-separated params/window pairs')
+  parser.add_argument(
+    '--cases',
+    default=','.join(DEFAULT_CASES),
+    help='comma-separated params/window pairs',
+  )
   parser.add_argument('--rounds', type=int, default=15)
   parser.add_argument('--calls', type=int, default=10)
   args = parser.parse_args()
 
   rng = np.random.default_rng(0)
   device = jax.devices()[0]
-  print(f'jax {jax.__version__}, optax {optax.__version__}, '
-        f'{device.platform}: {device.device_kind}, {args.rounds} rounds x '
-        f'{args.calls} calls, medians')
+  print(
+    f'jax {jax.__version__}, optax {optax.__version__}, '
+    f'{device.platform}: {device.device_kind}, {args.rounds} rounds x '
+    f'{args.calls} calls, medians'
+  )
   print()
-  print('| params, window | variant | step (ms) | vs clip_by_global_norm '
-        '| vs Adam alone |')
+  print(
+    '| params, window | variant | step (ms) | vs clip_by_global_norm '
+    '| vs Adam alone |'
+  )
   print('|---|---|---|---|---|')
   for case in args.cases.split(','):
     num_params, max_history = map(variants.parse_count, case.split('/'))
     params, grads = variants.model(num_params)
-    runners = {name: make_step(tx, params, grads, rng)
-               for name, tx in variants.variants(max_history).items()}
+    runners = {
+      name: make_step(tx, params, grads, rng)
+      for name, tx in variants.variants(max_history).items()
+    }
     medians = interleaved_medians(runners, args.rounds, args.calls)
     for name, seconds in medians.items():
-      print(f'| {case} | {name} | {seconds * 1e3:.3f} | '
-            f'{seconds / medians[variants.BASELINE]:.2f}x | '
-            f'{seconds / medians[variants.ADAM]:.2f}x |', flush=True)
+      print(
+        f'| {case} | {name} | {seconds * 1e3:.3f} | '
+        f'{seconds / medians[variants.BASELINE]:.2f}x | '
+        f'{seconds / medians[variants.ADAM]:.2f}x |',
+        flush=True,
+      )
 
 
 if __name__ == '__main__':

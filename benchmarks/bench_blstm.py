@@ -36,28 +36,35 @@ class RNNMaskNet(nnx.Module):
 
   def __init__(self, *, rngs: nnx.Rngs):
     self.input_normalization = nnx.BatchNorm(
-        spectral.NUM_FREQUENCIES, use_fast_variance=False, rngs=rngs)
-    layer_inputs = ([spectral.NUM_FREQUENCIES]
-                    + [2 * HIDDEN_SIZE] * (NUM_LAYERS - 1))
-    self.blstm_layers = nnx.List([
+      spectral.NUM_FREQUENCIES, use_fast_variance=False, rngs=rngs
+    )
+    layer_inputs = [spectral.NUM_FREQUENCIES] + [2 * HIDDEN_SIZE] * (
+      NUM_LAYERS - 1
+    )
+    self.blstm_layers = nnx.List(
+      [
         nnx.Bidirectional(
-            nnx.RNN(nnx.OptimizedLSTMCell(in_features, HIDDEN_SIZE, rngs=rngs)),
-            nnx.RNN(nnx.OptimizedLSTMCell(in_features, HIDDEN_SIZE, rngs=rngs)),
+          nnx.RNN(nnx.OptimizedLSTMCell(in_features, HIDDEN_SIZE, rngs=rngs)),
+          nnx.RNN(nnx.OptimizedLSTMCell(in_features, HIDDEN_SIZE, rngs=rngs)),
         )
         for in_features in layer_inputs
-    ])
+      ]
+    )
     self.mask_layer = nnx.Linear(
-        2 * HIDDEN_SIZE, NUM_SOURCES * spectral.NUM_FREQUENCIES, rngs=rngs)
+      2 * HIDDEN_SIZE, NUM_SOURCES * spectral.NUM_FREQUENCIES, rngs=rngs
+    )
 
   def __call__(self, log_magnitude, *, use_running_average=False):
     features = self.input_normalization(
-        log_magnitude, use_running_average=use_running_average)
+      log_magnitude, use_running_average=use_running_average
+    )
     for blstm in self.blstm_layers:
       features = blstm(features)
     masks = jax.nn.sigmoid(self.mask_layer(features))
     masks = masks.reshape(features.shape[:2] + (NUM_SOURCES, -1))
-    return models.Estimates(masks=jnp.transpose(masks, (0, 2, 1, 3)),
-                            embeddings=None)
+    return models.Estimates(
+      masks=jnp.transpose(masks, (0, 2, 1, 3)), embeddings=None
+    )
 
 
 def random_batch(key):
@@ -71,20 +78,22 @@ def main():
   mixture, sources = random_batch(jax.random.key(0))
   config = default.get_config()
   contenders = {
-      'nnx.RNN + OptimizedLSTMCell': RNNMaskNet(rngs=nnx.Rngs(0)),
-      'BLSTMNet': models.BLSTMNet(
-          hidden_size=HIDDEN_SIZE, num_layers=NUM_LAYERS, rngs=nnx.Rngs(0)),
+    'nnx.RNN + OptimizedLSTMCell': RNNMaskNet(rngs=nnx.Rngs(0)),
+    'BLSTMNet': models.BLSTMNet(
+      hidden_size=HIDDEN_SIZE, num_layers=NUM_LAYERS, rngs=nnx.Rngs(0)
+    ),
   }
   optimizers = {
-      name: train.create_optimizer(model, config, TIMED_STEPS + 1)
-      for name, model in contenders.items()
+    name: train.create_optimizer(model, config, TIMED_STEPS + 1)
+    for name, model in contenders.items()
   }
   step_seconds = {name: [] for name in contenders}
 
   def timed_step(name):
     start = time.perf_counter()
-    metrics = train.train_step(contenders[name], optimizers[name], mixture,
-                               sources)
+    metrics = train.train_step(
+      contenders[name], optimizers[name], mixture, sources
+    )
     jax.block_until_ready(metrics)
     return time.perf_counter() - start
 
@@ -94,7 +103,8 @@ def main():
     for name in contenders:
       step_seconds[name].append(timed_step(name))
   medians = {
-      name: statistics.median(times) for name, times in step_seconds.items()}
+    name: statistics.median(times) for name, times in step_seconds.items()
+  }
   for name, median in medians.items():
     print(f'{name}: median {median:.3f} s per train step over {TIMED_STEPS}')
   baseline, fast = medians.values()

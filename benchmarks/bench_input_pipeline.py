@@ -31,8 +31,9 @@ from examples.flax_separation import spectral
 from examples.flax_separation.configs import default
 
 
-def write_wsj0_2mix_layout(root: pathlib.Path, num_mixtures: int,
-                           seed: int = 0) -> pathlib.Path:
+def write_wsj0_2mix_layout(
+  root: pathlib.Path, num_mixtures: int, seed: int = 0
+) -> pathlib.Path:
   """Writes ``<root>/tr/{mix,s1,s2}/<name>.wav`` noise mixtures; returns root."""
   rng = np.random.default_rng(seed)
   for folder in ('mix', 's1', 's2'):
@@ -40,10 +41,15 @@ def write_wsj0_2mix_layout(root: pathlib.Path, num_mixtures: int,
   for index in range(num_mixtures):
     num_samples = int(rng.uniform(2, 8) * spectral.SAMPLE_RATE)
     sources = 0.1 * rng.standard_normal((2, num_samples))
-    for folder, samples in zip(('mix', 's1', 's2'),
-                               (sources.sum(axis=0), *sources)):
-      sf.write(root / 'tr' / folder / f'{index:06d}.wav', samples,
-               spectral.SAMPLE_RATE, subtype='PCM_16')
+    for folder, samples in zip(
+      ('mix', 's1', 's2'), (sources.sum(axis=0), *sources)
+    ):
+      sf.write(
+        root / 'tr' / folder / f'{index:06d}.wav',
+        samples,
+        spectral.SAMPLE_RATE,
+        subtype='PCM_16',
+      )
   return root
 
 
@@ -67,7 +73,8 @@ def train_and_report_peak_rss(root: str, steps: int) -> None:
   split = input_pipeline.load_split(root, 'train')
   model = train.create_model(config)
   optimizer = train.create_optimizer(
-      model, config, input_pipeline.num_training_steps(len(split), config))
+    model, config, input_pipeline.num_training_steps(len(split), config)
+  )
   started = time.perf_counter()
   for step in train.training_loop(model, optimizer, split, config):
     if step.number == steps:
@@ -83,8 +90,9 @@ def main():
   parser.add_argument('--mixtures', type=int, default=250)
   parser.add_argument('--steps', type=int, default=20)
   parser.add_argument('--repeats', type=int, default=2)
-  parser.add_argument('--child', nargs=2, metavar=('ROOT', 'STEPS'),
-                      help=argparse.SUPPRESS)
+  parser.add_argument(
+    '--child', nargs=2, metavar=('ROOT', 'STEPS'), help=argparse.SUPPRESS
+  )
   args = parser.parse_args()
   if args.child:
     train_and_report_peak_rss(args.child[0], int(args.child[1]))
@@ -94,44 +102,61 @@ def main():
     roots = {}
     for num_mixtures in (args.mixtures, 8 * args.mixtures):
       roots[num_mixtures] = root = write_wsj0_2mix_layout(
-          pathlib.Path(scratch) / str(num_mixtures), num_mixtures)
+        pathlib.Path(scratch) / str(num_mixtures), num_mixtures
+      )
       on_disk = sum(path.stat().st_size for path in root.rglob('*.wav'))
-      in_memory = 4 * sum(sf.info(path).frames
-                          for path in root.rglob('*.wav'))
-      print(f'{num_mixtures:6d} mixtures: {on_disk / 2**20:.0f} MB on disk, '
-            f'{in_memory / 2**20:.0f} MB as float32')
+      in_memory = 4 * sum(sf.info(path).frames for path in root.rglob('*.wav'))
+      print(
+        f'{num_mixtures:6d} mixtures: {on_disk / 2**20:.0f} MB on disk, '
+        f'{in_memory / 2**20:.0f} MB as float32'
+      )
     peaks = {num_mixtures: [] for num_mixtures in roots}
     step_seconds = []
     # Alternating, so that other load affects both sizes alike.
     for _ in range(args.repeats):
       for num_mixtures, root in roots.items():
         child = subprocess.run(
-            [sys.executable, '-m', 'benchmarks.bench_input_pipeline',
-             '--child', str(root), str(args.steps)],
-            capture_output=True, text=True, check=True)
+          [
+            sys.executable,
+            '-m',
+            'benchmarks.bench_input_pipeline',
+            '--child',
+            str(root),
+            str(args.steps),
+          ],
+          capture_output=True,
+          text=True,
+          check=True,
+        )
         peak_mb, seconds = map(float, child.stdout.split()[-2:])
         peaks[num_mixtures].append(peak_mb)
         step_seconds.append(seconds)
     for num_mixtures, peak_mbs in peaks.items():
-      print(f'{num_mixtures:6d} mixtures: peak RSS of {args.steps} training '
-            f'steps, {args.repeats} processes: '
-            + ', '.join(f'{peak:.0f}' for peak in peak_mbs) + ' MB')
+      print(
+        f'{num_mixtures:6d} mixtures: peak RSS of {args.steps} training '
+        f'steps, {args.repeats} processes: '
+        + ', '.join(f'{peak:.0f}' for peak in peak_mbs)
+        + ' MB'
+      )
     small, large = (statistics.median(p) for p in peaks.values())
     print(f'difference of the medians: {large - small:.0f} MB')
 
     config = paper_batch_config()
     batches = input_pipeline.training_stream(
-        input_pipeline.load_split(roots[8 * args.mixtures], 'train'), config)
+      input_pipeline.load_split(roots[8 * args.mixtures], 'train'), config
+    )
     next(batches)  # Starts the reading threads.
     started = time.perf_counter()
     for _ in range(args.steps):
       next(batches)
     batch_seconds = (time.perf_counter() - started) / args.steps
-    print(f'pipeline alone: {batch_seconds * 1e3:.1f} ms a batch of '
-          f'{config.batch_size} x {config.excerpt_frames} frames '
-          f'({input_pipeline.READ_THREADS} reading threads); a training step '
-          f'above took {min(step_seconds) * 1e3:.0f} ms at best, '
-          f'{min(step_seconds) / batch_seconds:.0f}x longer')
+    print(
+      f'pipeline alone: {batch_seconds * 1e3:.1f} ms a batch of '
+      f'{config.batch_size} x {config.excerpt_frames} frames '
+      f'({input_pipeline.READ_THREADS} reading threads); a training step '
+      f'above took {min(step_seconds) * 1e3:.0f} ms at best, '
+      f'{min(step_seconds) / batch_seconds:.0f}x longer'
+    )
 
 
 if __name__ == '__main__':

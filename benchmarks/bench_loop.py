@@ -49,20 +49,27 @@ def main():
 
   with tempfile.TemporaryDirectory() as scratch:
     root = bench_input_pipeline.write_wsj0_2mix_layout(
-        pathlib.Path(scratch), config.batch_size * (args.steps + 1))
+      pathlib.Path(scratch), config.batch_size * (args.steps + 1)
+    )
     split = input_pipeline.load_split(root, 'train')
     model = train.create_model(config)
     optimizer = train.create_optimizer(
-        model, config, input_pipeline.num_training_steps(len(split), config))
+      model, config, input_pipeline.num_training_steps(len(split), config)
+    )
     mesh = sharding.data_parallel_mesh()
     sharding.replicate(mesh, model, optimizer)
-    batches = [sharding.shard_batch(mesh, rows) for rows in itertools.islice(
-        input_pipeline.training_stream(split, config), args.steps)]
+    batches = [
+      sharding.shard_batch(mesh, rows)
+      for rows in itertools.islice(
+        input_pipeline.training_stream(split, config), args.steps
+      )
+    ]
 
     def train_step_alone():
       for mixture, sources in batches:
-        metrics = train.train_step(model, optimizer, mixture, sources,
-                                   config.loss, config.chimera_alpha)
+        metrics = train.train_step(
+          model, optimizer, mixture, sources, config.loss, config.chimera_alpha
+        )
       return metrics
 
     def whole_loop():
@@ -81,10 +88,12 @@ def main():
       for run, runs_rates in rates.items():
         runs_rates.append(steps_per_second(run))
     alone, loop = (statistics.median(r) for r in rates.values())
-    print(f'{jax.device_count()} x {jax.devices()[0].device_kind}, '
-          f'{config.num_layers} x {config.hidden_size} BLSTM, batch '
-          f'{config.batch_size} x {config.excerpt_frames} frames, '
-          f'{args.steps} steps, median of {args.rounds} rounds:')
+    print(
+      f'{jax.device_count()} x {jax.devices()[0].device_kind}, '
+      f'{config.num_layers} x {config.hidden_size} BLSTM, batch '
+      f'{config.batch_size} x {config.excerpt_frames} frames, '
+      f'{args.steps} steps, median of {args.rounds} rounds:'
+    )
     print(f'  train_step alone: {alone:.2f} steps/s')
     print(f'  whole loop:       {loop:.2f} steps/s')
     print(f'  ratio:            {loop / alone:.3f}')

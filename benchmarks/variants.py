@@ -39,8 +39,9 @@ def naive_sorting_autoclip(percentile, max_history):
 
   def init_fn(params):
     del params
-    return NaiveState(jnp.zeros([], jnp.int32),
-                      jnp.full((max_history,), jnp.nan, jnp.float32))
+    return NaiveState(
+      jnp.zeros([], jnp.int32), jnp.full((max_history,), jnp.nan, jnp.float32)
+    )
 
   def update_fn(updates, state, params=None):
     del params
@@ -56,8 +57,10 @@ def naive_sorting_autoclip(percentile, max_history):
 
 def _two_labels(params):
   """Half the leaves labelled 'kernel', half 'bias'."""
-  return {name: ('kernel', 'bias')[index % 2]
-          for index, name in enumerate(sorted(params))}
+  return {
+    name: ('kernel', 'bias')[index % 2]
+    for index, name in enumerate(sorted(params))
+  }
 
 
 def variants(max_history: int) -> dict[str, optax.GradientTransformation]:
@@ -67,14 +70,14 @@ def variants(max_history: int) -> dict[str, optax.GradientTransformation]:
     return optax.chain(clip, optax.adam(1e-3))
 
   return {
-      ADAM: optax.adam(1e-3),
-      BASELINE: chain(optax.clip_by_global_norm(1.0)),
-      AUTOCLIP: chain(autoclip(10, max_history)),
-      PER_LEAF: chain(autoclip(10, max_history, group_by='leaf')),
-      PER_LABEL: chain(autoclip(10, max_history, group_by=_two_labels)),
-      SKIP: skip_spikes(chain(autoclip(10, max_history))),
-      IF_FINITE: optax.apply_if_finite(chain(autoclip(10, max_history)), 10),
-      NAIVE: chain(naive_sorting_autoclip(10, max_history)),
+    ADAM: optax.adam(1e-3),
+    BASELINE: chain(optax.clip_by_global_norm(1.0)),
+    AUTOCLIP: chain(autoclip(10, max_history)),
+    PER_LEAF: chain(autoclip(10, max_history, group_by='leaf')),
+    PER_LABEL: chain(autoclip(10, max_history, group_by=_two_labels)),
+    SKIP: skip_spikes(chain(autoclip(10, max_history))),
+    IF_FINITE: optax.apply_if_finite(chain(autoclip(10, max_history)), 10),
+    NAIVE: chain(naive_sorting_autoclip(10, max_history)),
   }
 
 
@@ -83,10 +86,14 @@ def model(num_params: int, seed: int = 0):
   rng = np.random.default_rng(seed)
   sizes = np.diff(np.linspace(0, num_params, NUM_LEAVES + 1).astype(int))
   names = [f'leaf_{index}' for index in range(NUM_LEAVES)]
-  params = {name: jnp.asarray(rng.normal(size=size), jnp.float32)
-            for name, size in zip(names, sizes)}
-  grads = {name: jnp.asarray(rng.normal(size=size), jnp.float32)
-           for name, size in zip(names, sizes)}
+  params = {
+    name: jnp.asarray(rng.normal(size=size), jnp.float32)
+    for name, size in zip(names, sizes)
+  }
+  grads = {
+    name: jnp.asarray(rng.normal(size=size), jnp.float32)
+    for name, size in zip(names, sizes)
+  }
   return params, grads
 
 

@@ -16,10 +16,10 @@ release = autoclip_optax.__version__
 version = release
 
 extensions = [
-    'myst_parser',
-    'sphinx.ext.autodoc',
-    'sphinx.ext.doctest',
-    'sphinx.ext.napoleon',
+  'myst_parser',
+  'sphinx.ext.autodoc',
+  'sphinx.ext.doctest',
+  'sphinx.ext.napoleon',
 ]
 
 source_suffix = {'.md': 'markdown'}
@@ -37,12 +37,13 @@ napoleon_numpy_docstring = False
 # README's usage block from this path.
 doctest_test_doctest_blocks = ''
 doctest_global_setup = (
-    f'README = {str(pathlib.Path(__file__).parents[1] / "README.md")!r}')
+  f'README = {str(pathlib.Path(__file__).parents[1] / "README.md")!r}'
+)
 
 html_theme = 'sphinx_book_theme'
 html_title = 'autoclip-optax'
 html_theme_options = {
-    'show_toc_level': 2,
+  'show_toc_level': 2,
 }
 html_static_path = ['_static']
 html_css_files = ['wide_tables.css']

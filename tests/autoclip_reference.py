@@ -11,12 +11,14 @@ def _wide(leaf) -> np.ndarray:
 
 def global_norm(updates) -> float:
   """Global L2 norm of a dict of (real or complex) arrays, in float64."""
-  return float(np.sqrt(sum(np.sum(np.abs(_wide(leaf))**2)
-                           for leaf in updates.values())))
+  return float(
+    np.sqrt(sum(np.sum(np.abs(_wide(leaf)) ** 2) for leaf in updates.values()))
+  )
 
 
-def autoclip_reference(update_sequence, percentiles, max_history,
-                       min_history=0):
+def autoclip_reference(
+  update_sequence, percentiles, max_history, min_history=0
+):
   """Runs AutoClip (paper Algorithm 1) over a sequence of updates.
 
   Args:
@@ -45,8 +47,9 @@ def autoclip_reference(update_sequence, percentiles, max_history,
   return steps
 
 
-def grouped_autoclip_reference(update_sequence, percentiles, max_history,
-                               label_of):
+def grouped_autoclip_reference(
+  update_sequence, percentiles, max_history, label_of
+):
   """Runs :func:`autoclip_reference` on each group of leaves on its own.
 
   Args:
@@ -62,15 +65,22 @@ def grouped_autoclip_reference(update_sequence, percentiles, max_history,
   names = list(update_sequence[0])
   labels = sorted({label_of(name) for name in names})
   per_group = [
-      autoclip_reference(
-          [{name: updates[name] for name in names if label_of(name) == label}
-           for updates in update_sequence], percentiles, max_history)
-      for label in labels]
+    autoclip_reference(
+      [
+        {name: updates[name] for name in names if label_of(name) == label}
+        for updates in update_sequence
+      ],
+      percentiles,
+      max_history,
+    )
+    for label in labels
+  ]
   steps = []
   for group_steps in zip(*per_group):
     clipped_parts, norms, thresholds, windows = zip(*group_steps)
-    clipped = {name: leaf
-               for part in clipped_parts for name, leaf in part.items()}
+    clipped = {
+      name: leaf for part in clipped_parts for name, leaf in part.items()
+    }
     steps.append((clipped, list(norms), list(thresholds), list(windows)))
   return steps
 

@@ -30,12 +30,16 @@ def compilation_cache(tmp_path_factory):
 
   For this process and for the commands it starts (through the environment).
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  from jax.experimental.compilation_cache import compilation_cache as cache  # pylint: disable=g-import-not-at-top
-  settings = {'jax_compilation_cache_dir':
-                  str(tmp_path_factory.mktemp('compilation_cache')),
-              'jax_persistent_cache_min_compile_time_secs': 0,
-              'jax_persistent_cache_min_entry_size_bytes': 0}
+  import jax
+  from jax.experimental.compilation_cache import compilation_cache as cache
+
+  settings = {
+    'jax_compilation_cache_dir': str(
+      tmp_path_factory.mktemp('compilation_cache')
+    ),
+    'jax_persistent_cache_min_compile_time_secs': 0,
+    'jax_persistent_cache_min_entry_size_bytes': 0,
+  }
 
   @contextlib.contextmanager
   def turned_on():
@@ -68,8 +72,9 @@ def _compilation_cache_in_example_tests(request):
 @pytest.fixture(scope='session')
 def espeak2mix_dir(tmp_path_factory):
   """One tiny espeak2mix set (``example_helpers.ESPEAK2MIX_COUNTS``)."""
-  from examples.flax_separation import espeak2mix  # pylint: disable=g-import-not-at-top
-  from tests import example_helpers  # pylint: disable=g-import-not-at-top
+  from examples.flax_separation import espeak2mix
+  from tests import example_helpers
+
   directory = tmp_path_factory.mktemp('espeak2mix')
   espeak2mix.generate(directory, **example_helpers.ESPEAK2MIX_COUNTS, seed=0)
   return directory
@@ -83,8 +88,9 @@ def straight_run(tmp_path_factory, espeak2mix_dir, compilation_cache):
   and logs with it (``example_helpers.assert_same_run``). It fetches its
   metrics every 5 steps, they every step: the logs must not depend on it.
   """
-  from examples.flax_separation import train  # pylint: disable=g-import-not-at-top
-  from tests import example_helpers  # pylint: disable=g-import-not-at-top
+  from examples.flax_separation import train
+  from tests import example_helpers
+
   workdir = tmp_path_factory.mktemp('straight')
   config = example_helpers.tiny_config(espeak2mix_dir, 2)
   config.log_every_steps = 5
@@ -102,8 +108,9 @@ def sweep_run(tmp_path_factory, espeak2mix_dir, compilation_cache):
     directory (``mi/p10``, ``mi/p100``) and the table it printed. Its runs
     have the configs of the main job's at the same size.
   """
-  from examples.flax_separation import sweep  # pylint: disable=g-import-not-at-top
-  from tests import example_helpers  # pylint: disable=g-import-not-at-top
+  from examples.flax_separation import sweep
+  from tests import example_helpers
+
   workdir = tmp_path_factory.mktemp('sweep')
   config = example_helpers.tiny_config(espeak2mix_dir)
   with compilation_cache():

@@ -50,11 +50,15 @@ def train_on(mesh, batches):
   for local_rows in batches:
     mixture, sources = sharding.shard_batch(mesh, local_rows)
     assert len({shard.device for shard in mixture.addressable_shards}) == (
-        mesh.size)
+      mesh.size
+    )
     assert mixture.addressable_shards[0].data.shape == (
-        NUM_DEVICES // mesh.size, NUM_SAMPLES)
-    records.append(jax.device_get(train.train_step(model, optimizer,
-                                                   mixture, sources)))
+      NUM_DEVICES // mesh.size,
+      NUM_SAMPLES,
+    )
+    records.append(
+      jax.device_get(train.train_step(model, optimizer, mixture, sources))
+    )
   state = jax.tree.leaves(nnx.state((model, optimizer)))
   assert all(leaf.sharding.is_fully_replicated for leaf in state)
   assert all(len(leaf.sharding.device_set) == mesh.size for leaf in state)
@@ -65,11 +69,16 @@ def write_test_split(directory, lengths):
   rng = np.random.default_rng(1)
   for index, length in enumerate(lengths):
     sources = 0.1 * rng.normal(size=(2, length))
-    for folder, samples in zip(('mix', 's1', 's2'),
-                               (sources.sum(axis=0), *sources)):
+    for folder, samples in zip(
+      ('mix', 's1', 's2'), (sources.sum(axis=0), *sources)
+    ):
       (directory / 'tt' / folder).mkdir(parents=True, exist_ok=True)
-      sf.write(directory / 'tt' / folder / f'u{index}.wav', samples,
-               spectral.SAMPLE_RATE, subtype='FLOAT')
+      sf.write(
+        directory / 'tt' / folder / f'u{index}.wav',
+        samples,
+        spectral.SAMPLE_RATE,
+        subtype='FLOAT',
+      )
   return input_pipeline.load_split(directory, 'test')
 
 
@@ -84,22 +93,31 @@ def main(scratch):
   assert np.isfinite(records_one[-1]['threshold'])
   for record_one, record_eight in zip(records_one, records_eight):
     for key in ('loss', 'grad_norm', 'threshold', 'step_size'):
-      np.testing.assert_allclose(record_eight[key], record_one[key],
-                                 rtol=2e-5, err_msg=key)
-    np.testing.assert_array_equal(record_eight['clipped'],
-                                  record_one['clipped'])
+      np.testing.assert_allclose(
+        record_eight[key], record_one[key], rtol=2e-5, err_msg=key
+      )
+    np.testing.assert_array_equal(
+      record_eight['clipped'], record_one['clipped']
+    )
   # Adam divides each gradient element by its own scale, so float32 rounding
   # in a near-zero element moves its parameter by up to a hundredth of the
   # learning rate (1e-3).
-  jax.tree.map(lambda eight_leaf, one_leaf: np.testing.assert_allclose(
-      eight_leaf, one_leaf, rtol=2e-5, atol=2e-5), params_eight, params_one)
+  jax.tree.map(
+    lambda eight_leaf, one_leaf: np.testing.assert_allclose(
+      eight_leaf, one_leaf, rtol=2e-5, atol=2e-5
+    ),
+    params_eight,
+    params_one,
+  )
 
   # Eleven mixtures in batches of 8: the last batch has 5 padding rows.
-  split = write_test_split(pathlib.Path(scratch), [300 + 37 * i
-                                                   for i in range(11)])
+  split = write_test_split(
+    pathlib.Path(scratch), [300 + 37 * i for i in range(11)]
+  )
   scores_one = evaluation.evaluate(model_one, split, NUM_DEVICES, mesh=one)
-  scores_eight = evaluation.evaluate(model_eight, split, NUM_DEVICES,
-                                     mesh=eight)
+  scores_eight = evaluation.evaluate(
+    model_eight, split, NUM_DEVICES, mesh=eight
+  )
   for score_one, score_eight in zip(scores_one, scores_eight):
     assert score_one.shape == (11, 2) and np.isfinite(score_one).all()
     np.testing.assert_allclose(score_eight, score_one, rtol=1e-3, atol=1e-3)
@@ -110,8 +128,9 @@ def main(scratch):
     configs.validate(config)
   except ValueError as error:
     assert str(error) == (
-        'config.batch_size (12) must divide by the number of devices (8): '
-        'each device takes an equal share of every batch'), error
+      'config.batch_size (12) must divide by the number of devices (8): '
+      'each device takes an equal share of every batch'
+    ), error
   else:
     raise AssertionError('a batch of 12 on 8 devices was accepted')
 

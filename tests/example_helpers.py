@@ -23,17 +23,26 @@ ESPEAK2MIX_COUNTS = {'num_train': 8, 'num_valid': 2, 'num_test': 2}
 def tiny_config(data_dir, num_epochs=1):
   """The default config at a size that trains in seconds."""
   config = default.get_config()
-  config.update(data_dir=str(data_dir), **ESPEAK2MIX_COUNTS, hidden_size=8,
-                num_layers=1, batch_size=2, excerpt_frames=40,
-                num_epochs=num_epochs, checkpoint_every_steps=3,
-                eval_batch_size=2, num_example_wavs=1)
+  config.update(
+    data_dir=str(data_dir),
+    **ESPEAK2MIX_COUNTS,
+    hidden_size=8,
+    num_layers=1,
+    batch_size=2,
+    excerpt_frames=40,
+    num_epochs=num_epochs,
+    checkpoint_every_steps=3,
+    eval_batch_size=2,
+    num_example_wavs=1,
+  )
   return config
 
 
 def read_log(workdir, name='log.jsonl'):
   """The records of a run's JSON-lines log."""
-  return [json.loads(line)
-          for line in (workdir / name).read_text().splitlines()]
+  return [
+    json.loads(line) for line in (workdir / name).read_text().splitlines()
+  ]
 
 
 def assert_same_run(workdir, expected_workdir):
@@ -43,8 +52,9 @@ def assert_same_run(workdir, expected_workdir):
   (``log_every_steps``) may differ.
   """
   results, expected = (
-      json.loads((directory / 'results.json').read_text())
-      for directory in (workdir, expected_workdir))
+    json.loads((directory / 'results.json').read_text())
+    for directory in (workdir, expected_workdir)
+  )
   for run_results in (results, expected):
     del run_results['train_seconds'], run_results['config']['log_every_steps']
   assert results == expected
@@ -80,8 +90,11 @@ def config_flags_for(config, defaults):
     config: the config a command is to run with.
     defaults: the config the command reads without ``--config``.
   """
-  return [f'--config.{key}={value}' for key, value in config.items()
-          if defaults[key] != value]
+  return [
+    f'--config.{key}={value}'
+    for key, value in config.items()
+    if defaults[key] != value
+  ]
 
 
 def run_command(command, *arguments, timeout=300):
@@ -91,6 +104,9 @@ def run_command(command, *arguments, timeout=300):
   compilation cache (``conftest.py``).
   """
   return subprocess.run(
-      [sys.executable, '-m', f'examples.flax_separation.{command}',
-       *arguments], capture_output=True, text=True, timeout=timeout,
-      env=dict(os.environ))
+    [sys.executable, '-m', f'examples.flax_separation.{command}', *arguments],
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    env=dict(os.environ),
+  )

@@ -24,8 +24,8 @@ MAX_HISTORY = 12
 def spiky_gradients(rng, leading=()):
   scale = rng.lognormal(0.0, 0.5) * (50.0 if rng.random() < 0.1 else 1.0)
   return {
-      'w': (scale * rng.normal(size=leading + (64, 16))).astype(np.float32),
-      'b': (scale * rng.normal(size=leading + (16,))).astype(np.float32),
+    'w': (scale * rng.normal(size=leading + (64, 16))).astype(np.float32),
+    'b': (scale * rng.normal(size=leading + (16,))).astype(np.float32),
   }
 
 
@@ -36,23 +36,27 @@ def check_sharded_mesh(axis_type):
 
 
 def run_sharded(mesh):
-  shardings = {'w': NamedSharding(mesh, PartitionSpec('data', None)),
-               'b': NamedSharding(mesh, PartitionSpec())}
+  shardings = {
+    'w': NamedSharding(mesh, PartitionSpec('data', None)),
+    'b': NamedSharding(mesh, PartitionSpec()),
+  }
   tx = autoclip(PERCENTILE, MAX_HISTORY)
   rng = np.random.default_rng(0)
   sequence = [spiky_gradients(rng) for _ in range(NUM_STEPS)]
   state = jax.jit(tx.init)(jax.device_put(sequence[0], shardings))
   update = jax.jit(tx.update)
-  reference = autoclip_reference(sequence, [PERCENTILE] * NUM_STEPS,
-                                 MAX_HISTORY)
+  reference = autoclip_reference(
+    sequence, [PERCENTILE] * NUM_STEPS, MAX_HISTORY
+  )
   for grads, (expected, _, threshold, _) in zip(sequence, reference):
     sharded = jax.device_put(grads, shardings)
     clipped, state = update(sharded, state)
     assert clipped['w'].sharding.is_equivalent_to(shardings['w'], 2)
     np.testing.assert_allclose(state.threshold, threshold, rtol=1e-5)
     for name in grads:
-      np.testing.assert_allclose(clipped[name], expected[name], rtol=1e-5,
-                                 atol=1e-6)
+      np.testing.assert_allclose(
+        clipped[name], expected[name], rtol=1e-5, atol=1e-6
+      )
 
 
 def check_pmap_after_pmean():
@@ -66,26 +70,31 @@ def check_pmap_after_pmean():
   rng = np.random.default_rng(1)
   sequence = [spiky_gradients(rng, (NUM_DEVICES,)) for _ in range(NUM_STEPS)]
   state = jax.pmap(tx.init)(sequence[0])
-  mean_sequence = [jax.tree.map(lambda x: x.mean(axis=0), grads)
-                   for grads in sequence]
-  reference = autoclip_reference(mean_sequence, [PERCENTILE] * NUM_STEPS,
-                                 MAX_HISTORY)
+  mean_sequence = [
+    jax.tree.map(lambda x: x.mean(axis=0), grads) for grads in sequence
+  ]
+  reference = autoclip_reference(
+    mean_sequence, [PERCENTILE] * NUM_STEPS, MAX_HISTORY
+  )
   for grads, (expected, _, threshold, _) in zip(sequence, reference):
     clipped, state = parallel_step(grads, state)
-    np.testing.assert_allclose(state.threshold, [threshold] * NUM_DEVICES,
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+      state.threshold, [threshold] * NUM_DEVICES, rtol=1e-5
+    )
     for name in grads:
       np.testing.assert_allclose(
-          clipped[name], np.broadcast_to(expected[name],
-                                         clipped[name].shape),
-          rtol=1e-5, atol=1e-6)
+        clipped[name],
+        np.broadcast_to(expected[name], clipped[name].shape),
+        rtol=1e-5,
+        atol=1e-6,
+      )
 
 
 if __name__ == '__main__':
   assert jax.device_count() == NUM_DEVICES, jax.devices()
   {
-      'auto_mesh': lambda: check_sharded_mesh(AxisType.Auto),
-      'explicit_mesh': lambda: check_sharded_mesh(AxisType.Explicit),
-      'pmap': check_pmap_after_pmean,
+    'auto_mesh': lambda: check_sharded_mesh(AxisType.Auto),
+    'explicit_mesh': lambda: check_sharded_mesh(AxisType.Explicit),
+    'pmap': check_pmap_after_pmean,
   }[sys.argv[1]]()
   print('ok')

@@ -30,12 +30,13 @@ NUM_FEATURES = 8
 
 
 def optimizer(variant: str) -> optax.GradientTransformation:
-  clipped_adam = lambda **kwargs: optax.chain(autoclip(10, 32, **kwargs),
-                                              optax.adam(1e-2))
+  clipped_adam = lambda **kwargs: optax.chain(
+    autoclip(10, 32, **kwargs), optax.adam(1e-2)
+  )
   return {
-      'global': clipped_adam,
-      'leaf': lambda: clipped_adam(group_by='leaf'),
-      'skip_spikes': lambda: skip_spikes(clipped_adam(), min_history=5),
+    'global': clipped_adam,
+    'leaf': lambda: clipped_adam(group_by='leaf'),
+    'skip_spikes': lambda: skip_spikes(clipped_adam(), min_history=5),
   }[variant]()
 
 
@@ -51,9 +52,11 @@ def global_batch(step: int) -> tuple[np.ndarray, np.ndarray]:
 def main(variant, out, num_processes, process_id, coordinator_address):
   if num_processes > 1:
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes,
-                               process_id=process_id)
+    jax.distributed.initialize(
+      coordinator_address=coordinator_address,
+      num_processes=num_processes,
+      process_id=process_id,
+    )
   assert jax.device_count() == NUM_DEVICES, jax.devices()
   mesh = jax.make_mesh((NUM_DEVICES,), ('data',))
   with jax.set_mesh(mesh):
@@ -66,10 +69,14 @@ def train(variant, out, num_processes, process_id, mesh):
   replicated = NamedSharding(mesh, PartitionSpec())
   param_shardings = {'w': rows, 'b': replicated}
   params = jax.jit(
-      lambda: {'w': jnp.linspace(-1.0, 1.0, NUM_FEATURES * 4,
-                                 dtype=jnp.float32).reshape(NUM_FEATURES, 4),
-               'b': jnp.zeros((4,), jnp.float32)},
-      out_shardings=param_shardings)()
+    lambda: {
+      'w': jnp.linspace(-1.0, 1.0, NUM_FEATURES * 4, dtype=jnp.float32).reshape(
+        NUM_FEATURES, 4
+      ),
+      'b': jnp.zeros((4,), jnp.float32),
+    },
+    out_shardings=param_shardings,
+  )()
   tx = optimizer(variant)
   state = jax.jit(tx.init)(params)
 
@@ -82,22 +89,28 @@ def train(variant, out, num_processes, process_id, mesh):
     updates, state = tx.update(jax.grad(loss)(params), state, params)
     return optax.apply_updates(params, updates), state, updates
 
-  local_rows = slice(process_id * BATCH_SIZE // num_processes,
-                     (process_id + 1) * BATCH_SIZE // num_processes)
+  local_rows = slice(
+    process_id * BATCH_SIZE // num_processes,
+    (process_id + 1) * BATCH_SIZE // num_processes,
+  )
   record = {}
   for step in range(NUM_STEPS):
     inputs, targets = (
-        multihost_utils.host_local_array_to_global_array(
-            array[local_rows], mesh, PartitionSpec('data'))
-        for array in global_batch(step))
+      multihost_utils.host_local_array_to_global_array(
+        array[local_rows], mesh, PartitionSpec('data')
+      )
+      for array in global_batch(step)
+    )
     params, state, updates = train_step(params, state, inputs, targets)
     fetched = multihost_utils.process_allgather(
-        {'params': params, 'updates': updates, 'state': state}, tiled=True)
+      {'params': params, 'updates': updates, 'state': state}, tiled=True
+    )
     for path, value in jax.tree_util.tree_leaves_with_path(fetched):
       record.setdefault(jax.tree_util.keystr(path), []).append(value)
   np.savez(out, **{name: np.stack(values) for name, values in record.items()})
 
 
 if __name__ == '__main__':
-  main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]),
-       sys.argv[5])
+  main(
+    sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+  )

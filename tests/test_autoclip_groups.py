@@ -41,42 +41,52 @@ def grouped_spiky_updates(num_steps, seed=0):
     for index, name in enumerate(LEAF_NAMES):
       spike = 100.0 if rng.random() < 0.05 else 1.0
       scale = 10.0**index * rng.lognormal(0.0, 0.5) * spike
-      updates[name] = (scale * rng.normal(size=SHAPES[name])).astype(
-          np.float32)
+      updates[name] = (scale * rng.normal(size=SHAPES[name])).astype(np.float32)
     sequence.append(updates)
   return sequence
 
 
 def with_bad_bias(sequence, bad_bias):
   """``sequence`` with the bias ``'b'`` replaced at ``BAD_STEPS``."""
-  return [dict(updates, b=bad_bias) if step in BAD_STEPS else updates
-          for step, updates in enumerate(sequence)]
+  return [
+    dict(updates, b=bad_bias) if step in BAD_STEPS else updates
+    for step, updates in enumerate(sequence)
+  ]
 
 
 def assert_matches_grouped_reference(outputs, states, reference):
   for output, state, (expected, norms, thresholds, windows) in zip(
-      outputs, states, reference):
+    outputs, states, reference
+  ):
     np.testing.assert_allclose(state.grad_norm, norms, rtol=1e-6)
     np.testing.assert_allclose(state.threshold, thresholds, rtol=1e-5)
     for group, window in enumerate(windows):
       history = np.asarray(state.history[group])
-      np.testing.assert_allclose(np.sort(history[np.isfinite(history)]),
-                                 np.sort(window), rtol=1e-6)
-      assert_ranks_match(history, state.ranks[group],
-                         state.newest_rank[group], state.next_slot[group])
+      np.testing.assert_allclose(
+        np.sort(history[np.isfinite(history)]), np.sort(window), rtol=1e-6
+      )
+      assert_ranks_match(
+        history,
+        state.ranks[group],
+        state.newest_rank[group],
+        state.next_slot[group],
+      )
     for name in expected:
-      np.testing.assert_allclose(output[name], expected[name], rtol=1e-5,
-                                 atol=1e-6)
+      np.testing.assert_allclose(
+        output[name], expected[name], rtol=1e-5, atol=1e-6
+      )
 
 
 @pytest.mark.parametrize('percentile', [0, 10, 50, 90, 100, 33.3])
 @pytest.mark.parametrize('max_history', [1, 7, 1000])
 def test_leaf_groups_match_numpy_reference(percentile, max_history):
   sequence = grouped_spiky_updates(120, seed=max_history)
-  outputs, states = run(autoclip(percentile, max_history, group_by='leaf'),
-                        sequence)
+  outputs, states = run(
+    autoclip(percentile, max_history, group_by='leaf'), sequence
+  )
   reference = grouped_autoclip_reference(
-      sequence, [percentile] * len(sequence), max_history, by_leaf)
+    sequence, [percentile] * len(sequence), max_history, by_leaf
+  )
   assert_matches_grouped_reference(outputs, states, reference)
 
 
@@ -87,31 +97,41 @@ def test_label_function_groups_match_numpy_reference(percentile, max_history):
   tx = autoclip(percentile, max_history, group_by=kernel_or_bias_labels)
   outputs, states = run(tx, sequence)
   reference = grouped_autoclip_reference(
-      sequence, [percentile] * len(sequence), max_history, kernel_or_bias)
+    sequence, [percentile] * len(sequence), max_history, kernel_or_bias
+  )
   assert_matches_grouped_reference(outputs, states, reference)
 
 
 def test_label_pytree_matches_label_function():
   sequence = grouped_spiky_updates(30)
   labels = kernel_or_bias_labels(sequence[0])
-  _, from_function = run(autoclip(10, 8, group_by=kernel_or_bias_labels),
-                         sequence)
+  _, from_function = run(
+    autoclip(10, 8, group_by=kernel_or_bias_labels), sequence
+  )
   _, from_pytree = run(autoclip(10, 8, group_by=labels), sequence)
-  jax.tree.map(np.testing.assert_array_equal, from_function[-1],
-               from_pytree[-1])
+  jax.tree.map(
+    np.testing.assert_array_equal, from_function[-1], from_pytree[-1]
+  )
 
 
 def test_prefix_labels_group_whole_subtrees():
   sequence = grouped_spiky_updates(40)
-  nested = [{'dec': {'w_1': u['w_1']}, 'enc': {'b': u['b'], 'w_0': u['w_0']}}
-            for u in sequence]
+  nested = [
+    {'dec': {'w_1': u['w_1']}, 'enc': {'b': u['b'], 'w_0': u['w_0']}}
+    for u in sequence
+  ]
   tx = autoclip(25, 16, group_by={'dec': 'decoder', 'enc': 'encoder'})
   outputs, states = run(tx, nested)
   reference = grouped_autoclip_reference(
-      sequence, [25] * 40, 16,
-      lambda name: 'decoder' if name == 'w_1' else 'encoder')
-  flat_outputs = [{'b': o['enc']['b'], 'w_0': o['enc']['w_0'],
-                   'w_1': o['dec']['w_1']} for o in outputs]
+    sequence,
+    [25] * 40,
+    16,
+    lambda name: 'decoder' if name == 'w_1' else 'encoder',
+  )
+  flat_outputs = [
+    {'b': o['enc']['b'], 'w_0': o['enc']['w_0'], 'w_1': o['dec']['w_1']}
+    for o in outputs
+  ]
   assert_matches_grouped_reference(flat_outputs, states, reference)
 
 
@@ -123,8 +143,11 @@ def test_groups_are_numbered_in_sorted_label_order():
 
 
 def test_leaf_groups_follow_tree_leaves_order():
-  updates = {'z': jnp.array([3.0, 4.0]), 'a': jnp.array([1.0]),
-             'm': (jnp.array([2.0]),)}
+  updates = {
+    'z': jnp.array([3.0, 4.0]),
+    'a': jnp.array([1.0]),
+    'm': (jnp.array([2.0]),),
+  }
   tx = autoclip(10, 4, group_by='leaf')
   _, state = tx.update(updates, tx.init(updates))
   expected = [np.linalg.norm(leaf) for leaf in jax.tree.leaves(updates)]
@@ -153,35 +176,42 @@ def test_empty_params_give_zero_groups():
 
 @pytest.mark.parametrize('bad_value', [np.nan, np.inf, -np.inf])
 def test_non_finite_group_is_not_recorded_in_that_group(bad_value):
-  sequence = with_bad_bias(grouped_spiky_updates(40),
-                           np.array([1.0, bad_value, 2.0], np.float32))
+  sequence = with_bad_bias(
+    grouped_spiky_updates(40), np.array([1.0, bad_value, 2.0], np.float32)
+  )
   _, states = run(autoclip(10, 16, group_by='leaf'), sequence)
   for step in BAD_STEPS:
     assert not np.isfinite(states[step].grad_norm[0])
-    np.testing.assert_array_equal(states[step].history[0],
-                                  states[step - 1].history[0])
-    np.testing.assert_array_equal(states[step].threshold[0],
-                                  states[step - 1].threshold[0])
+    np.testing.assert_array_equal(
+      states[step].history[0], states[step - 1].history[0]
+    )
+    np.testing.assert_array_equal(
+      states[step].threshold[0], states[step - 1].threshold[0]
+    )
   assert int(states[-1].count[0]) == 37
 
 
 def test_finite_groups_record_when_another_group_is_not_finite():
-  sequence = with_bad_bias(grouped_spiky_updates(40),
-                           np.full(3, np.nan, np.float32))
+  sequence = with_bad_bias(
+    grouped_spiky_updates(40), np.full(3, np.nan, np.float32)
+  )
   outputs, states = run(autoclip(10, 16, group_by='leaf'), sequence)
   reference = grouped_autoclip_reference(sequence, [10] * 40, 16, by_leaf)
   np.testing.assert_array_equal(states[-1].count, [37, 40, 40])
   # The reference skips each group's non-finite norms on its own too.
   finite = [s for s in range(40) if s not in BAD_STEPS]
-  assert_matches_grouped_reference([outputs[s] for s in finite],
-                                   [states[s] for s in finite],
-                                   [reference[s] for s in finite])
+  assert_matches_grouped_reference(
+    [outputs[s] for s in finite],
+    [states[s] for s in finite],
+    [reference[s] for s in finite],
+  )
   for step in BAD_STEPS:
-    np.testing.assert_allclose(states[step].threshold[1:],
-                               reference[step][2][1:], rtol=1e-5)
-    np.testing.assert_allclose(outputs[step]['w_0'],
-                               reference[step][0]['w_0'], rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+      states[step].threshold[1:], reference[step][2][1:], rtol=1e-5
+    )
+    np.testing.assert_allclose(
+      outputs[step]['w_0'], reference[step][0]['w_0'], rtol=1e-5, atol=1e-6
+    )
 
 
 def test_zero_threshold_in_one_group_gives_zero_updates_there_only():
@@ -189,8 +219,7 @@ def test_zero_threshold_in_one_group_gives_zero_updates_there_only():
   update = jax.jit(tx.update)
   state = tx.init({'a': jnp.zeros(2), 'b': jnp.zeros(2)})
   _, state = update({'a': jnp.zeros(2), 'b': jnp.array([3.0, 4.0])}, state)
-  output, state = update({'a': jnp.ones(2), 'b': jnp.array([3.0, 4.0])},
-                         state)
+  output, state = update({'a': jnp.ones(2), 'b': jnp.array([3.0, 4.0])}, state)
   np.testing.assert_array_equal(state.threshold, [0.0, 5.0])
   np.testing.assert_array_equal(output['a'], [0.0, 0.0])
   np.testing.assert_array_equal(output['b'], [3.0, 4.0])
@@ -228,26 +257,37 @@ def test_inject_hyperparams_with_a_label_function():
   sequence = grouped_spiky_updates(40)
   percentiles = [10.0] * 20 + [90.0] * 20
   tx = optax.inject_hyperparams(
-      autoclip, static_args=('max_history', 'group_by'))(
-          percentile=lambda step: jnp.where(step < 20, 10.0, 90.0),
-          max_history=10, group_by=kernel_or_bias_labels)
+    autoclip, static_args=('max_history', 'group_by')
+  )(
+    percentile=lambda step: jnp.where(step < 20, 10.0, 90.0),
+    max_history=10,
+    group_by=kernel_or_bias_labels,
+  )
   _, states = run(tx, sequence)
-  expected = [thresholds for _, _, thresholds, _ in grouped_autoclip_reference(
-      sequence, percentiles, 10, kernel_or_bias)]
-  np.testing.assert_allclose([s.inner_state.threshold for s in states],
-                             expected, rtol=1e-5)
+  expected = [
+    thresholds
+    for _, _, thresholds, _ in grouped_autoclip_reference(
+      sequence, percentiles, 10, kernel_or_bias
+    )
+  ]
+  np.testing.assert_allclose(
+    [s.inner_state.threshold for s in states], expected, rtol=1e-5
+  )
 
 
 def test_tree_get_reads_one_value_per_group():
   tx = optax.chain(autoclip(10, 5, group_by='leaf'), optax.adam(1e-3))
   params = {'a': jnp.ones(2), 'b': jnp.ones(1)}
   state = tx.init(params)
-  _, state = tx.update({'a': jnp.array([3.0, 4.0]), 'b': jnp.array([2.0])},
-                       state, params)
+  _, state = tx.update(
+    {'a': jnp.array([3.0, 4.0]), 'b': jnp.array([2.0])}, state, params
+  )
   np.testing.assert_array_equal(
-      optax.tree_utils.tree_get(state, 'threshold'), [5.0, 2.0])
+    optax.tree_utils.tree_get(state, 'threshold'), [5.0, 2.0]
+  )
   np.testing.assert_array_equal(
-      optax.tree_utils.tree_get(state, 'grad_norm'), [5.0, 2.0])
+    optax.tree_utils.tree_get(state, 'grad_norm'), [5.0, 2.0]
+  )
 
 
 def test_checkpoint_round_trip_with_groups_continues_bit_identically():
@@ -256,48 +296,60 @@ def test_checkpoint_round_trip_with_groups_continues_bit_identically():
   uninterrupted_outputs, uninterrupted_states = run(tx, sequence)
   _, first_half = run(tx, sequence[:25])
   state = flax.serialization.from_bytes(
-      tx.init(sequence[0]), flax.serialization.to_bytes(first_half[-1]))
+    tx.init(sequence[0]), flax.serialization.to_bytes(first_half[-1])
+  )
   update = jax.jit(tx.update)
   for updates, expected in zip(
-      sequence[25:], zip(uninterrupted_outputs[25:],
-                         uninterrupted_states[25:])):
+    sequence[25:], zip(uninterrupted_outputs[25:], uninterrupted_states[25:])
+  ):
     output, state = update(updates, state)
     jax.tree.map(np.testing.assert_array_equal, (output, state), expected)
 
 
 @pytest.mark.parametrize('group_by', ['layer', 'leaves', ''])
 def test_string_other_than_leaf_raises(group_by):
-  with pytest.raises(ValueError,
-                     match="group_by must be None, 'leaf', a callable"):
+  with pytest.raises(
+    ValueError, match="group_by must be None, 'leaf', a callable"
+  ):
     autoclip(10, group_by=group_by)
 
 
 def test_unsortable_labels_raise():
-  with pytest.raises(TypeError, match='group_by labels must be hashable and '
-                     'mutually orderable'):
+  with pytest.raises(
+    TypeError, match='group_by labels must be hashable and mutually orderable'
+  ):
     autoclip(10, group_by={'a': 1, 'b': 'kernel'})
 
 
 def test_label_tree_that_does_not_match_the_params_raises():
   tx = autoclip(10, group_by={'a': 'x', 'c': 'y'})
-  with pytest.raises(ValueError, match=r"group_by must give a pytree of "
-                     r"labels with the structure of the params[\s\S]*"
-                     r"PyTreeDef\(\{'a': \*, 'b': \*\}\)"):
+  with pytest.raises(
+    ValueError,
+    match=r'group_by must give a pytree of '
+    r'labels with the structure of the params[\s\S]*'
+    r"PyTreeDef\(\{'a': \*, 'b': \*\}\)",
+  ):
     tx.init({'a': jnp.zeros(2), 'b': jnp.zeros(2)})
 
 
 def test_label_function_that_does_not_match_the_updates_raises():
   tx = autoclip(10, group_by=lambda params: ['x', 'y'])
-  with pytest.raises(ValueError, match='group_by must give a pytree of '
-                     'labels with the structure of the params'):
+  with pytest.raises(
+    ValueError,
+    match='group_by must give a pytree of '
+    'labels with the structure of the params',
+  ):
     tx.init({'a': jnp.zeros(2), 'b': jnp.zeros(2)})
 
 
 def test_updates_with_other_groups_than_the_state_raise():
   tx = autoclip(10, group_by='leaf')
   state = tx.init({'a': jnp.zeros(2), 'b': jnp.zeros(2)})
-  with pytest.raises(ValueError, match='the state was initialised for 2 '
-                     'groups, but this autoclip has 1 groups'):
+  with pytest.raises(
+    ValueError,
+    match='the state was initialised for 2 '
+    'groups, but this autoclip has 1 groups',
+  ):
     tx.update({'a': jnp.zeros(2)}, state)
 
 
@@ -308,17 +360,25 @@ def test_state_without_groups_in_a_grouped_autoclip_raises(inject):
   state = autoclip(10, 4).init(params)
   if inject:
     tx = optax.inject_hyperparams(autoclip, static_args='max_history')(
-        10.0, 4, group_by='leaf')
+      10.0, 4, group_by='leaf'
+    )
     state = optax.inject_hyperparams(autoclip, static_args='max_history')(
-        10.0, 4).init(params)
-  with pytest.raises(ValueError, match=r'initialised for no groups '
-                     r'\(group_by=None\), but this autoclip has 2 groups'):
+      10.0, 4
+    ).init(params)
+  with pytest.raises(
+    ValueError,
+    match=r'initialised for no groups '
+    r'\(group_by=None\), but this autoclip has 2 groups',
+  ):
     tx.update(params, state)
 
 
 def test_grouped_state_in_an_autoclip_without_groups_raises():
   params = {'a': jnp.zeros(2), 'b': jnp.zeros(2)}
   state = autoclip(10, 4, group_by='leaf').init(params)
-  with pytest.raises(ValueError, match='initialised for 2 groups, but this '
-                     r'autoclip has no groups \(group_by=None\)'):
+  with pytest.raises(
+    ValueError,
+    match='initialised for 2 groups, but this '
+    r'autoclip has no groups \(group_by=None\)',
+  ):
     autoclip(10, 4).update(params, state)

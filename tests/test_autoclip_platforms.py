@@ -25,20 +25,24 @@ from tests.test_autoclip import run
 
 def unlabelled_groups(params):
   """Labels that are neither sorted nor adjacent in leaf order."""
-  return {name: {'a': 'z', 'b': 'y', 'c': 'z', 'd': 'x'}[name]
-          for name in params}
+  return {
+    name: {'a': 'z', 'b': 'y', 'c': 'z', 'd': 'x'}[name] for name in params
+  }
 
 
 def num_while_loops(function, *args, platform='cuda'):
   module = export.export(jax.jit(function), platforms=[platform])(
-      *args).mlir_module()
+    *args
+  ).mlir_module()
   return len(re.findall(r'stablehlo\.while', module))
 
 
 def _cpu_loop_or_double(x):
   return jax.lax.platform_dependent(
-      x, cpu=lambda x: jax.lax.fori_loop(0, 3, lambda _, y: y + 1, x),
-      default=lambda x: x * 2)
+    x,
+    cpu=lambda x: jax.lax.fori_loop(0, 3, lambda _, y: y + 1, x),
+    default=lambda x: x * 2,
+  )
 
 
 # Older jax (before 0.6) exports every branch of platform_dependent inside a
@@ -55,25 +59,38 @@ def with_skip_spikes(inner):
   return skip_spikes(inner, max_history=100_000)
 
 
-@pytest.mark.skipif(not exports_one_branch,
-                    reason='this jax exports the CPU branch too')
+@pytest.mark.skipif(
+  not exports_one_branch, reason='this jax exports the CPU branch too'
+)
 @pytest.mark.parametrize('platform', ['cuda', 'tpu'])
 @pytest.mark.parametrize('group_by', [None, 'leaf', unlabelled_groups])
 @pytest.mark.parametrize('max_history', [100_000, 1_000_000])
 @pytest.mark.parametrize('wrap', [no_wrapper, with_skip_spikes])
-def test_accelerator_lowering_has_no_loops(platform, group_by, max_history,
-                                           wrap):
-  tx = wrap(optax.chain(
+def test_accelerator_lowering_has_no_loops(
+  platform, group_by, max_history, wrap
+):
+  tx = wrap(
+    optax.chain(
       autoclip(10, max_history, group_by=group_by, min_history=100),
-      optax.adam(1e-3)))
+      optax.adam(1e-3),
+    )
+  )
   params = {name: jnp.zeros((8, 8)) for name in 'abcd'}
 
   def train_step(grads, state, params):
     updates, state = tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state
 
-  assert num_while_loops(train_step, params, jax.eval_shape(tx.init, params),
-                         params, platform=platform) == 0
+  assert (
+    num_while_loops(
+      train_step,
+      params,
+      jax.eval_shape(tx.init, params),
+      params,
+      platform=platform,
+    )
+    == 0
+  )
 
 
 def adversarial_updates(num_steps, seed):
@@ -98,8 +115,13 @@ def adversarial_updates(num_steps, seed):
 
 def spiky_random_updates(num_steps, seed):
   rng = np.random.default_rng(seed)
-  return [{name: (rng.lognormal(0, 1) * rng.normal(size=5)).astype(np.float32)
-           for name in 'abcd'} for _ in range(num_steps)]
+  return [
+    {
+      name: (rng.lognormal(0, 1) * rng.normal(size=5)).astype(np.float32)
+      for name in 'abcd'
+    }
+    for _ in range(num_steps)
+  ]
 
 
 def run_on_both_paths(make_tx, sequence, monkeypatch):
@@ -115,49 +137,68 @@ def run_on_both_paths(make_tx, sequence, monkeypatch):
 
 def assert_bit_identical(first, second):
   jax.tree.map(
-      lambda a, b: np.testing.assert_array_equal(
-          np.atleast_1d(a).view(np.uint8), np.atleast_1d(b).view(np.uint8)),
-      first, second)
+    lambda a, b: np.testing.assert_array_equal(
+      np.atleast_1d(a).view(np.uint8), np.atleast_1d(b).view(np.uint8)
+    ),
+    first,
+    second,
+  )
 
 
-@pytest.mark.parametrize('make_sequence',
-                         [adversarial_updates, spiky_random_updates])
+@pytest.mark.parametrize(
+  'make_sequence', [adversarial_updates, spiky_random_updates]
+)
 @pytest.mark.parametrize('percentile', [0, 10, 50, 100])
 @pytest.mark.parametrize('max_history', [1, 5, 64])
 def test_global_paths_are_bit_identical_and_match_numpy(
-    make_sequence, percentile, max_history, monkeypatch):
+  make_sequence, percentile, max_history, monkeypatch
+):
   sequence = make_sequence(300, seed=max_history)
   cpu, accelerator = run_on_both_paths(
-      lambda: autoclip(percentile, max_history), sequence, monkeypatch)
+    lambda: autoclip(percentile, max_history), sequence, monkeypatch
+  )
   assert_bit_identical(cpu, accelerator)
-  reference = autoclip_reference(sequence, [percentile] * len(sequence),
-                                 max_history)
+  reference = autoclip_reference(
+    sequence, [percentile] * len(sequence), max_history
+  )
   for output, state, (expected, _, threshold, _) in zip(
-      *accelerator, reference):
+    *accelerator, reference
+  ):
     np.testing.assert_allclose(state.threshold, threshold, rtol=1e-5)
-    assert_ranks_match(state.history, state.ranks, state.newest_rank,
-                       state.next_slot)
+    assert_ranks_match(
+      state.history, state.ranks, state.newest_rank, state.next_slot
+    )
     for name in expected:
-      np.testing.assert_allclose(output[name], expected[name], rtol=1e-5,
-                                 atol=1e-6)
+      np.testing.assert_allclose(
+        output[name], expected[name], rtol=1e-5, atol=1e-6
+      )
 
 
-@pytest.mark.parametrize('group_by, label_of', [
+@pytest.mark.parametrize(
+  'group_by, label_of',
+  [
     ('leaf', lambda name: name),
     (unlabelled_groups, lambda name: unlabelled_groups({name: 0})[name]),
-])
+  ],
+)
 @pytest.mark.parametrize('percentile', [0, 10, 100])
 def test_grouped_paths_are_bit_identical_and_match_numpy(
-    group_by, label_of, percentile, monkeypatch):
+  group_by, label_of, percentile, monkeypatch
+):
   sequence = adversarial_updates(200, seed=percentile)
   cpu, accelerator = run_on_both_paths(
-      lambda: autoclip(percentile, 6, group_by=group_by), sequence,
-      monkeypatch)
+    lambda: autoclip(percentile, 6, group_by=group_by), sequence, monkeypatch
+  )
   assert_bit_identical(cpu, accelerator)
   reference = grouped_autoclip_reference(
-      sequence, [percentile] * len(sequence), 6, label_of)
+    sequence, [percentile] * len(sequence), 6, label_of
+  )
   for state, (_, _, thresholds, _) in zip(accelerator[1], reference):
     np.testing.assert_allclose(state.threshold, thresholds, rtol=1e-5)
     for group in range(len(thresholds)):
-      assert_ranks_match(state.history[group], state.ranks[group],
-                         state.newest_rank[group], state.next_slot[group])
+      assert_ranks_match(
+        state.history[group],
+        state.ranks[group],
+        state.newest_rank[group],
+        state.next_slot[group],
+      )

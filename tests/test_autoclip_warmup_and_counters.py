@@ -17,23 +17,31 @@ from tests.test_autoclip_groups import with_bad_bias
 
 
 def with_nan_steps(sequence, steps):
-  return [{name: np.full_like(leaf, np.nan) for name, leaf in updates.items()}
-          if step in steps else updates
-          for step, updates in enumerate(sequence)]
+  return [
+    {name: np.full_like(leaf, np.nan) for name, leaf in updates.items()}
+    if step in steps
+    else updates
+    for step, updates in enumerate(sequence)
+  ]
 
 
-@pytest.mark.parametrize('min_history, max_history', [
-    (0, 8), (1, 8), (5, 8), (8, 8), (0, 100), (5, 100), (30, 100)])
+@pytest.mark.parametrize(
+  'min_history, max_history',
+  [(0, 8), (1, 8), (5, 8), (8, 8), (0, 100), (5, 100), (30, 100)],
+)
 def test_warm_up_matches_numpy_reference(min_history, max_history):
   sequence = with_nan_steps(spiky_updates(60, seed=min_history), {2, 7})
-  outputs, states = run(autoclip(10, max_history, min_history=min_history),
-                        sequence)
-  reference = autoclip_reference(sequence, [10] * 60, max_history,
-                                 min_history)
+  outputs, states = run(
+    autoclip(10, max_history, min_history=min_history), sequence
+  )
+  reference = autoclip_reference(sequence, [10] * 60, max_history, min_history)
   finite = [step for step in range(60) if step not in (2, 7)]
-  assert_matches_reference([outputs[s] for s in finite],
-                           [states[s] for s in finite],
-                           [reference[s] for s in finite], max_history)
+  assert_matches_reference(
+    [outputs[s] for s in finite],
+    [states[s] for s in finite],
+    [reference[s] for s in finite],
+    max_history,
+  )
 
 
 def test_nothing_is_clipped_during_warm_up_but_norms_are_recorded():
@@ -49,7 +57,8 @@ def test_nothing_is_clipped_during_warm_up_but_norms_are_recorded():
 def test_warm_up_under_inject_hyperparams_can_change():
   sequence = spiky_updates(20)
   tx = optax.inject_hyperparams(autoclip, static_args=('max_history',))(
-      percentile=0.0, max_history=16, min_history=15)
+    percentile=0.0, max_history=16, min_history=15
+  )
   _, states = run(tx, sequence)
   assert all(s.inner_state.threshold == np.inf for s in states[:14])
   assert states[14].inner_state.threshold < np.inf
@@ -77,10 +86,12 @@ def test_counters_match_numpy_reference(percentile):
   thresholds = np.array([step[2] for step in reference])
   with np.errstate(invalid='ignore'):
     clipped = np.isfinite(norms) & (norms > thresholds)
-  np.testing.assert_array_equal([s.num_clipped for s in states],
-                                np.cumsum(clipped))
-  np.testing.assert_array_equal([s.num_nonfinite for s in states],
-                                np.cumsum(~np.isfinite(norms)))
+  np.testing.assert_array_equal(
+    [s.num_clipped for s in states], np.cumsum(clipped)
+  )
+  np.testing.assert_array_equal(
+    [s.num_nonfinite for s in states], np.cumsum(~np.isfinite(norms))
+  )
 
 
 def test_clip_rate_at_p10_is_about_ninety_percent():
@@ -92,11 +103,13 @@ def test_clip_rate_at_p10_is_about_ninety_percent():
 
 
 def test_counters_are_per_group():
-  sequence = with_bad_bias(grouped_spiky_updates(40),
-                           np.array([np.nan, 0, 0], np.float32))
+  sequence = with_bad_bias(
+    grouped_spiky_updates(40), np.array([np.nan, 0, 0], np.float32)
+  )
   _, states = run(autoclip(50, 8, group_by='leaf'), sequence)
-  np.testing.assert_array_equal(states[-1].num_nonfinite,
-                                [len(BAD_STEPS), 0, 0])
+  np.testing.assert_array_equal(
+    states[-1].num_nonfinite, [len(BAD_STEPS), 0, 0]
+  )
   assert states[-1].num_clipped.shape == (3,)
   assert np.all(states[-1].num_clipped > 0)
   assert np.all(states[-1].num_clipped < 40)

@@ -16,20 +16,32 @@ from benchmarks import compiled_cost
 from benchmarks import variants
 
 TARGETS = [
-    pytest.param('tpu-v5e', marks=pytest.mark.skipif(
-        importlib.util.find_spec('libtpu') is None,
-        reason='needs libtpu (bash scripts/setup_venv.sh --aot)')),
-    pytest.param('h100', marks=pytest.mark.skipif(
-        importlib.util.find_spec('jax_cuda12_plugin') is None,
-        reason='needs the CUDA plugin (bash scripts/setup_venv.sh --aot)')),
+  pytest.param(
+    'tpu-v5e',
+    marks=pytest.mark.skipif(
+      importlib.util.find_spec('libtpu') is None,
+      reason='needs libtpu (bash scripts/setup_venv.sh --aot)',
+    ),
+  ),
+  pytest.param(
+    'h100',
+    marks=pytest.mark.skipif(
+      importlib.util.find_spec('jax_cuda12_plugin') is None,
+      reason='needs the CUDA plugin (bash scripts/setup_venv.sh --aot)',
+    ),
+  ),
 ]
 # A window size that no other array has, so that its copies can be found.
 WINDOW = 100_003
 NUM_PARAMS = 800_000  # 8 leaves of 100,000.
 # Kernels over clip_by_global_norm's step, as compiled with jax 0.10.2.
 KERNEL_BUDGET = {'tpu-v5e': 4, 'h100': 8}
-WINDOWED = (variants.AUTOCLIP, variants.PER_LEAF, variants.PER_LABEL,
-            variants.SKIP)
+WINDOWED = (
+  variants.AUTOCLIP,
+  variants.PER_LEAF,
+  variants.PER_LABEL,
+  variants.SKIP,
+)
 
 
 @functools.cache
@@ -37,16 +49,17 @@ def compiled(target, variant, window=WINDOW):
   tx = variants.variants(window)[variant]
   device = compiled_cost.target_device(target)
   program = compiled_cost.compile_step(
-      tx, compiled_cost.abstract_model(NUM_PARAMS), device)
+    tx, compiled_cost.abstract_model(NUM_PARAMS), device
+  )
   text = program.as_text()
   return compiled_cost.analyse(
-      program if device.platform == 'tpu' else None, text), text
+    program if device.platform == 'tpu' else None, text
+  ), text
 
 
 def window_copies(text):
   """Copy instructions whose result is window-shaped."""
-  return re.findall(rf'= \S*\[(?:\d+,)?{WINDOW}\]\S* copy(?:-start)?\(',
-                    text)
+  return re.findall(rf'= \S*\[(?:\d+,)?{WINDOW}\]\S* copy(?:-start)?\(', text)
 
 
 @pytest.mark.parametrize('target', TARGETS)
@@ -58,16 +71,16 @@ def test_step_has_no_loop(target, variant):
 
 @pytest.mark.parametrize('target', TARGETS)
 @pytest.mark.parametrize('variant', WINDOWED)
-def test_window_is_never_copied_on_gpu_nor_copied_whole_on_tpu(target,
-                                                              variant):
+def test_window_is_never_copied_on_gpu_nor_copied_whole_on_tpu(target, variant):
   _, text = compiled(target, variant)
   if target == 'h100':
     assert not window_copies(text)
   else:
     # XLA:TPU may stage a window through on-chip memory with copy-start;
     # a plain copy would mean an update that is not in place.
-    assert not [copy for copy in window_copies(text)
-                if 'copy-start' not in copy]
+    assert not [
+      copy for copy in window_copies(text) if 'copy-start' not in copy
+    ]
 
 
 @pytest.mark.parametrize('target', TARGETS)

@@ -23,30 +23,42 @@ def _params_after_each_step(decay, num_steps):
   history = []
   for sources in rng.normal(size=(num_steps, 2, 2, 640)).astype(np.float32):
     train.train_step(model, optimizer, sources.sum(axis=1), sources)
-    history.append([np.asarray(leaf) for leaf in
-                    jax.tree.leaves(nnx.state(model, nnx.Param))])
+    history.append(
+      [
+        np.asarray(leaf)
+        for leaf in jax.tree.leaves(nnx.state(model, nnx.Param))
+      ]
+    )
   return model, optimizer, history
 
 
 def _leaves(model, variable_type):
-  return [np.asarray(leaf)
-          for leaf in jax.tree.leaves(nnx.state(model, variable_type))]
+  return [
+    np.asarray(leaf)
+    for leaf in jax.tree.leaves(nnx.state(model, variable_type))
+  ]
 
 
 def test_param_average_is_the_numpy_moving_average_of_the_stepped_params():
   rng = np.random.default_rng(1)
-  params = {'w': rng.normal(size=(3, 4)).astype(np.float32),
-            'b': rng.normal(size=4).astype(np.float32)}
+  params = {
+    'w': rng.normal(size=(3, 4)).astype(np.float32),
+    'b': rng.normal(size=4).astype(np.float32),
+  }
   transform = averaging.param_average(0.9)
   state = transform.init(params)
   expected = {key: np.zeros_like(value) for key, value in params.items()}
   for _ in range(6):
-    updates = {key: rng.normal(size=value.shape).astype(np.float32)
-               for key, value in params.items()}
+    updates = {
+      key: rng.normal(size=value.shape).astype(np.float32)
+      for key, value in params.items()
+    }
     passed_on, state = transform.update(updates, state, params)
     params = optax.apply_updates(params, passed_on)
-    expected = {key: 0.9 * expected[key] + 0.1 * np.asarray(params[key])
-                for key in expected}
+    expected = {
+      key: 0.9 * expected[key] + 0.1 * np.asarray(params[key])
+      for key in expected
+    }
     for key in updates:
       np.testing.assert_array_equal(passed_on[key], updates[key])
   assert int(state.count) == 6
@@ -61,26 +73,31 @@ def test_averaged_model_is_the_bias_corrected_average_of_the_trained_one():
   averaged = averaging.averaged_model(model, optimizer, 0.99)
   weights = 0.01 * 0.99 ** np.arange(3, -1, -1)
   for index, leaf in enumerate(_leaves(averaged, nnx.Param)):
-    expected = sum(weight * params[index]
-                   for weight, params in zip(weights, history))
-    np.testing.assert_allclose(leaf, expected / weights.sum(), rtol=1e-5,
-                               atol=1e-7)
+    expected = sum(
+      weight * params[index] for weight, params in zip(weights, history)
+    )
+    np.testing.assert_allclose(
+      leaf, expected / weights.sum(), rtol=1e-5, atol=1e-7
+    )
   # The trained network is left as it was, and lends its running statistics.
   for leaf, trained in zip(_leaves(model, nnx.Param), history[-1]):
     np.testing.assert_array_equal(leaf, trained)
-  for leaf, trained in zip(_leaves(averaged, nnx.BatchStat),
-                           _leaves(model, nnx.BatchStat)):
+  for leaf, trained in zip(
+    _leaves(averaged, nnx.BatchStat), _leaves(model, nnx.BatchStat)
+  ):
     np.testing.assert_array_equal(leaf, trained)
   assert not np.array_equal(_leaves(averaged, nnx.Param)[0], history[-1][0])
 
 
 @pytest.mark.parametrize('decay, num_steps', [(0.0, 3), (0.99, 0)])
 def test_averaged_model_is_the_trained_network_with_decay_zero_or_no_step(
-    decay, num_steps):
+  decay, num_steps
+):
   model, optimizer, _ = _params_after_each_step(decay, num_steps)
   averaged = averaging.averaged_model(model, optimizer, decay)
-  for leaf, trained in zip(_leaves(averaged, nnx.Param),
-                           _leaves(model, nnx.Param)):
+  for leaf, trained in zip(
+    _leaves(averaged, nnx.Param), _leaves(model, nnx.Param)
+  ):
     np.testing.assert_array_equal(leaf, trained)
 
 

@@ -36,8 +36,10 @@ def interrupted(tmp_path_factory, espeak2mix_dir, compilation_cache):
   workdir = tmp_path_factory.mktemp('interrupted')
   with compilation_cache():
     train_until(6, run_config(espeak2mix_dir), workdir)
-  assert sorted(path.name for path in
-                (workdir / 'checkpoints').iterdir()) == ['4', '6']
+  assert sorted(path.name for path in (workdir / 'checkpoints').iterdir()) == [
+    '4',
+    '6',
+  ]
   assert [path.name for path in (workdir / 'best').iterdir()] == ['3']
   return workdir
 
@@ -47,8 +49,10 @@ def copy_of(workdir, tmp_path):
 
 
 def largest_file(step_dir):
-  return max((path for path in step_dir.rglob('*') if path.is_file()),
-             key=lambda path: path.stat().st_size)
+  return max(
+    (path for path in step_dir.rglob('*') if path.is_file()),
+    key=lambda path: path.stat().st_size,
+  )
 
 
 def write_random_bytes(step_dir):
@@ -71,58 +75,77 @@ def empty_progress(step_dir):
   return path
 
 
-DAMAGES = {'random_bytes': write_random_bytes, 'truncated': truncate,
-           'empty_progress': empty_progress}
+DAMAGES = {
+  'random_bytes': write_random_bytes,
+  'truncated': truncate,
+  'empty_progress': empty_progress,
+}
 
 
 @pytest.mark.parametrize('damage', DAMAGES)
 def test_damaged_checkpoint_is_set_aside_and_the_one_before_resumes(
-    interrupted, straight_run, espeak2mix_dir, tmp_path, caplog, damage):
+  interrupted, straight_run, espeak2mix_dir, tmp_path, caplog, damage
+):
   workdir = copy_of(interrupted, tmp_path)
   step_dir = workdir / 'checkpoints' / '6'
   damaged_file = DAMAGES[damage](step_dir)
   damaged_bytes = damaged_file.read_bytes()
   train.train_and_evaluate(run_config(espeak2mix_dir), workdir)
-  assert (f'Checkpoint step 6 is damaged: {damaged_file} does not match its '
-          'checksum') in caplog.text
+  assert (
+    f'Checkpoint step 6 is damaged: {damaged_file} does not match its checksum'
+  ) in caplog.text
   assert 'resuming from step 4' in caplog.text
   set_aside = workdir / 'damaged' / 'checkpoints-6'
   assert (set_aside / damaged_file.relative_to(step_dir)).read_bytes() == (
-      damaged_bytes)
+    damaged_bytes
+  )
   assert_same_run(workdir, straight_run)
 
 
 def test_every_checkpoint_damaged_is_one_error_naming_each_file(
-    interrupted, espeak2mix_dir, tmp_path):
+  interrupted, espeak2mix_dir, tmp_path
+):
   workdir = copy_of(interrupted, tmp_path)
   newer = write_random_bytes(workdir / 'checkpoints' / '6')
   older = empty_progress(workdir / 'checkpoints' / '4')
-  message = (f'every checkpoint in {workdir / "checkpoints"} is damaged: '
-             f'step 6: {newer} does not match its checksum, written when it '
-             f'was saved; step 4: {older} does not match')
-  with pytest.raises(checkpointing.DamagedCheckpointError,
-                     match=re.escape(message)):
+  message = (
+    f'every checkpoint in {workdir / "checkpoints"} is damaged: '
+    f'step 6: {newer} does not match its checksum, written when it '
+    f'was saved; step 4: {older} does not match'
+  )
+  with pytest.raises(
+    checkpointing.DamagedCheckpointError, match=re.escape(message)
+  ):
     train.train_and_evaluate(run_config(espeak2mix_dir), workdir)
-  assert sorted(path.name for path in
-                (workdir / 'checkpoints').iterdir()) == ['4', '6']
+  assert sorted(path.name for path in (workdir / 'checkpoints').iterdir()) == [
+    '4',
+    '6',
+  ]
 
 
 def test_damaged_best_model_is_one_error_naming_the_file_and_step(
-    interrupted, espeak2mix_dir, tmp_path):
+  interrupted, espeak2mix_dir, tmp_path
+):
   workdir = copy_of(interrupted, tmp_path)
   damaged_file = write_random_bytes(workdir / 'best' / '3')
-  with pytest.raises(checkpointing.DamagedCheckpointError,
-                     match=re.escape(f'saved at step 3, is damaged: '
-                                     f'{damaged_file} does not match')):
+  with pytest.raises(
+    checkpointing.DamagedCheckpointError,
+    match=re.escape(
+      f'saved at step 3, is damaged: {damaged_file} does not match'
+    ),
+  ):
     train.train_and_evaluate(run_config(espeak2mix_dir), workdir)
   assert not (workdir / 'results.json').exists()
 
 
 def test_log_line_cut_by_a_kill_is_dropped_on_resume(
-    interrupted, straight_run, espeak2mix_dir, tmp_path):
+  interrupted, straight_run, espeak2mix_dir, tmp_path
+):
   workdir = copy_of(interrupted, tmp_path)
-  for log, cut_line in (('log.jsonl', '{"step": 7, "loss": 0.2'),
-                        ('validation.jsonl', '{"step": 8, "si_sd')):
+  for log, cut_line in (
+    ('log.jsonl', '{"step": 7, "loss": 0.2'),
+    ('validation.jsonl', '{"step": 8, "si_sd'),
+  ):
     with (workdir / log).open('a') as file:
       file.write(cut_line)
   train.train_and_evaluate(run_config(espeak2mix_dir), workdir)
@@ -130,13 +153,18 @@ def test_log_line_cut_by_a_kill_is_dropped_on_resume(
 
 
 def test_log_line_before_the_last_that_is_not_json_is_an_error(
-    interrupted, espeak2mix_dir, tmp_path):
+  interrupted, espeak2mix_dir, tmp_path
+):
   workdir = copy_of(interrupted, tmp_path)
   lines = (workdir / 'log.jsonl').read_text().splitlines()
   lines[2] = 'not json'
   (workdir / 'log.jsonl').write_text('\n'.join(lines) + '\n')
-  with pytest.raises(ValueError, match=re.escape(
-      f"{workdir / 'log.jsonl'}, line 3, is not JSON: 'not json'")):
+  with pytest.raises(
+    ValueError,
+    match=re.escape(
+      f"{workdir / 'log.jsonl'}, line 3, is not JSON: 'not json'"
+    ),
+  ):
     train.train_and_evaluate(run_config(espeak2mix_dir), workdir)
 
 
@@ -183,15 +211,25 @@ train.train_and_evaluate(config, workdir)
 
 
 def test_run_killed_at_any_moment_resumes_to_the_uninterrupted_results(
-    straight_run, espeak2mix_dir, tmp_path):
+  straight_run, espeak2mix_dir, tmp_path
+):
   workdir = tmp_path / 'run'
 
   def start(point='none', step=0):
     with (tmp_path / 'stderr').open('w') as stderr:
       return subprocess.Popen(
-          [sys.executable, '-c', _KILLED_RUN, str(espeak2mix_dir),
-           str(workdir), point, str(step)], stdout=subprocess.DEVNULL,
-          stderr=stderr)
+        [
+          sys.executable,
+          '-c',
+          _KILLED_RUN,
+          str(espeak2mix_dir),
+          str(workdir),
+          point,
+          str(step),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+      )
 
   def ended_by(process, signal_number):
     return_code = process.wait(timeout=300)
@@ -204,13 +242,17 @@ def test_run_killed_at_any_moment_resumes_to_the_uninterrupted_results(
   # From the start again; killed with checkpoints/4 saved but not summed.
   ended_by(start('before-checksums', 4), signal.SIGKILL)
   assert (workdir / 'checkpoints' / '4').is_dir()
-  assert not (workdir / 'checkpoints' / '4' /
-              checkpointing.CHECKSUMS_NAME).exists()
+  assert not (
+    workdir / 'checkpoints' / '4' / checkpointing.CHECKSUMS_NAME
+  ).exists()
   # From step 4; killed once the log shows step 6 validated.
   process = start()
   deadline = time.monotonic() + 300
-  while '"step": 6' not in ((workdir / 'validation.jsonl').read_text()
-                            if (workdir / 'validation.jsonl').exists() else ''):
+  while '"step": 6' not in (
+    (workdir / 'validation.jsonl').read_text()
+    if (workdir / 'validation.jsonl').exists()
+    else ''
+  ):
     assert process.poll() is None and time.monotonic() < deadline
     time.sleep(0.01)
   process.send_signal(signal.SIGKILL)

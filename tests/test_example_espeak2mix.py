@@ -19,13 +19,17 @@ _PCM_16_STEP = 1 / 32768
 @pytest.fixture
 def tiny_set(espeak2mix_dir):
   """The session's espeak2mix set, as `(root, returned layout root)`."""
-  return espeak2mix_dir, espeak2mix.generate(espeak2mix_dir,
-                                             **ESPEAK2MIX_COUNTS, seed=0)
+  return espeak2mix_dir, espeak2mix.generate(
+    espeak2mix_dir, **ESPEAK2MIX_COUNTS, seed=0
+  )
 
 
 def _file_contents(directory):
-  return {str(path.relative_to(directory)): path.read_bytes()
-          for path in sorted(directory.rglob('*')) if path.is_file()}
+  return {
+    str(path.relative_to(directory)): path.read_bytes()
+    for path in sorted(directory.rglob('*'))
+    if path.is_file()
+  }
 
 
 def _modification_times(directory):
@@ -37,8 +41,10 @@ def test_generator_writes_wsj0_2mix_layout(tiny_set):
   assert layout_root == root / 'wav8k' / 'min'
   for split, count in zip(espeak2mix.SPLITS, ESPEAK2MIX_COUNTS.values()):
     for folder in ('mix', 's1', 's2'):
-      names = sorted(path.name for path in
-                     (layout_root / _SPLIT_FOLDERS[split] / folder).iterdir())
+      names = sorted(
+        path.name
+        for path in (layout_root / _SPLIT_FOLDERS[split] / folder).iterdir()
+      )
       assert names == [f'{index:05d}.wav' for index in range(count)]
   assert (root / espeak2mix.MANIFEST_NAME).is_file()
 
@@ -46,10 +52,14 @@ def test_generator_writes_wsj0_2mix_layout(tiny_set):
 def test_generated_mixture_is_sum_of_sources_at_8khz(tiny_set):
   _, layout_root = tiny_set
   for utterance in input_pipeline.load_split(layout_root, 'train'):
-    assert (2 * spectral.SAMPLE_RATE < len(utterance.mixture)
-            < 8 * spectral.SAMPLE_RATE)
-    np.testing.assert_allclose(utterance.sources.sum(axis=0), utterance.mixture,
-                               atol=3 * _PCM_16_STEP)
+    assert (
+      2 * spectral.SAMPLE_RATE
+      < len(utterance.mixture)
+      < 8 * spectral.SAMPLE_RATE
+    )
+    np.testing.assert_allclose(
+      utterance.sources.sum(axis=0), utterance.mixture, atol=3 * _PCM_16_STEP
+    )
     peak = max(np.abs(utterance.mixture).max(), np.abs(utterance.sources).max())
     assert peak == pytest.approx(0.9, abs=_PCM_16_STEP)
 
@@ -71,11 +81,11 @@ def test_generator_is_deterministic(tiny_set, tmp_path):
 
 def test_generator_depends_on_seed(tiny_set, tmp_path):
   root, layout_root = tiny_set
-  other_layout_root = espeak2mix.generate(tmp_path, **ESPEAK2MIX_COUNTS,
-                                               seed=1)
+  other_layout_root = espeak2mix.generate(tmp_path, **ESPEAK2MIX_COUNTS, seed=1)
   mixture_path = 'tr/mix/00000.wav'
-  assert ((other_layout_root / mixture_path).read_bytes()
-          != (layout_root / mixture_path).read_bytes())
+  assert (other_layout_root / mixture_path).read_bytes() != (
+    layout_root / mixture_path
+  ).read_bytes()
 
 
 def test_generator_reuses_complete_set_without_rewriting(tiny_set):
@@ -85,12 +95,16 @@ def test_generator_reuses_complete_set_without_rewriting(tiny_set):
   assert _modification_times(root) == times_before
 
 
-@pytest.mark.parametrize('changed_setting, mismatch', [
+@pytest.mark.parametrize(
+  'changed_setting, mismatch',
+  [
     ({'seed': 1}, 'seed 0 on disk but 1 requested'),
     ({'num_train': 9}, "'train': 8"),
-])
+  ],
+)
 def test_generator_refuses_to_overwrite_set_with_other_settings(
-    tiny_set, changed_setting, mismatch):
+  tiny_set, changed_setting, mismatch
+):
   root, _ = tiny_set
   contents_before = _file_contents(root)
   settings = {**ESPEAK2MIX_COUNTS, 'seed': 0, **changed_setting}
@@ -140,42 +154,56 @@ def test_manifest_records_every_mixture_recipe(tiny_set):
   root, _ = tiny_set
   manifest = json.loads((root / espeak2mix.MANIFEST_NAME).read_text())
   assert manifest['settings'] == {
-      'generator_version': espeak2mix.GENERATOR_VERSION, 'seed': 0,
-      'num_mixtures': {'train': 8, 'valid': 2, 'test': 2}}
+    'generator_version': espeak2mix.GENERATOR_VERSION,
+    'seed': 0,
+    'num_mixtures': {'train': 8, 'valid': 2, 'test': 2},
+  }
   for split, count in zip(espeak2mix.SPLITS, ESPEAK2MIX_COUNTS.values()):
-    recorded = [(mixture['name'],
-                 [(source['voice'], source['text'])
-                  for source in mixture['sources']])
-                for mixture in manifest['mixtures'][split]]
-    drawn = [(recipe.name,
-              [(source.voice, source.text) for source in recipe.sources])
-             for recipe in espeak2mix.draw_recipes(split, count, seed=0)]
+    recorded = [
+      (
+        mixture['name'],
+        [(source['voice'], source['text']) for source in mixture['sources']],
+      )
+      for mixture in manifest['mixtures'][split]
+    ]
+    drawn = [
+      (recipe.name, [(source.voice, source.text) for source in recipe.sources])
+      for recipe in espeak2mix.draw_recipes(split, count, seed=0)
+    ]
     assert recorded == drawn
 
 
 def _recipes_of_default_set():
-  return {split: espeak2mix.draw_recipes(split, count, seed=0)
-          for split, count in zip(espeak2mix.SPLITS, (2000, 300, 300))}
+  return {
+    split: espeak2mix.draw_recipes(split, count, seed=0)
+    for split, count in zip(espeak2mix.SPLITS, (2000, 300, 300))
+  }
 
 
 def test_splits_share_no_voice_variant_speaker_or_sentence():
   recipes = _recipes_of_default_set()
-  sources = {split: [source for recipe in split_recipes
-                     for source in recipe.sources]
-             for split, split_recipes in recipes.items()}
+  sources = {
+    split: [source for recipe in split_recipes for source in recipe.sources]
+    for split, split_recipes in recipes.items()
+  }
   for first, second in itertools.combinations(espeak2mix.SPLITS, 2):
-    for attribute in (lambda source: source.voice.split('+')[1],
-                      lambda source: source.voice,
-                      lambda source: source.text):
-      assert not ({attribute(source) for source in sources[first]}
-                  & {attribute(source) for source in sources[second]})
+    for attribute in (
+      lambda source: source.voice.split('+')[1],
+      lambda source: source.voice,
+      lambda source: source.text,
+    ):
+      assert not (
+        {attribute(source) for source in sources[first]}
+        & {attribute(source) for source in sources[second]}
+      )
 
 
 def test_splits_use_many_speakers_and_sentences():
   for split, split_recipes in _recipes_of_default_set().items():
     sources = [source for recipe in split_recipes for source in recipe.sources]
-    num_speakers = (len(espeak2mix.BASE_VOICES)
-                    * len(espeak2mix.VOICE_VARIANTS[split]))
+    num_speakers = len(espeak2mix.BASE_VOICES) * len(
+      espeak2mix.VOICE_VARIANTS[split]
+    )
     assert len({source.voice for source in sources}) == num_speakers
     assert len({source.text for source in sources}) > 200
 

@@ -20,14 +20,20 @@ def _write_split(split_dir, mixture_folder, names, num_samples=400):
   """Writes sine-wave mixtures; returns `{name: (mixture, sources)}`."""
   written = {}
   for index, name in enumerate(names):
-    sources = np.stack([_sine(200 + 50 * index, num_samples),
-                        _sine(700 + 50 * index, num_samples)])
+    sources = np.stack(
+      [
+        _sine(200 + 50 * index, num_samples),
+        _sine(700 + 50 * index, num_samples),
+      ]
+    )
     mixture = sources.sum(axis=0)
-    for folder, samples in zip((mixture_folder, 's1', 's2'),
-                               (mixture, *sources)):
+    for folder, samples in zip(
+      (mixture_folder, 's1', 's2'), (mixture, *sources)
+    ):
       (split_dir / folder).mkdir(parents=True, exist_ok=True)
-      sf.write(split_dir / folder / f'{name}.wav', samples,
-               spectral.SAMPLE_RATE)
+      sf.write(
+        split_dir / folder / f'{name}.wav', samples, spectral.SAMPLE_RATE
+      )
     written[name] = (mixture, sources)
   return written
 
@@ -43,8 +49,9 @@ def _assert_loaded_as_written(utterances, written):
     np.testing.assert_allclose(utterance.sources, sources, atol=_PCM_16_STEP)
 
 
-@pytest.mark.parametrize('split, split_folder', [
-    ('train', 'tr'), ('valid', 'cv'), ('test', 'tt')])
+@pytest.mark.parametrize(
+  'split, split_folder', [('train', 'tr'), ('valid', 'cv'), ('test', 'tt')]
+)
 def test_load_split_reads_wsj0_2mix_layout(tmp_path, split, split_folder):
   layout_root = tmp_path / 'wav8k' / 'min'
   names = ['011a0101_1.7_20ga010m_-1.7', '01zo030l_0.3_205a010a_-0.3']
@@ -53,8 +60,10 @@ def test_load_split_reads_wsj0_2mix_layout(tmp_path, split, split_folder):
     _assert_loaded_as_written(input_pipeline.load_split(root, split), written)
 
 
-@pytest.mark.parametrize('split, split_folder', [
-    ('train', 'train-100'), ('valid', 'dev'), ('test', 'test')])
+@pytest.mark.parametrize(
+  'split, split_folder',
+  [('train', 'train-100'), ('valid', 'dev'), ('test', 'test')],
+)
 def test_load_split_reads_libri2mix_layout(tmp_path, split, split_folder):
   libri2mix_root = tmp_path / 'Libri2Mix'
   layout_root = libri2mix_root / 'wav8k' / 'min'
@@ -67,8 +76,9 @@ def test_load_split_reads_libri2mix_layout(tmp_path, split, split_folder):
 def test_load_split_reads_only_the_requested_split(tmp_path):
   _write_split(tmp_path / 'tr', 'mix', ['train_a', 'train_b'])
   written = _write_split(tmp_path / 'cv', 'mix', ['valid_a'])
-  _assert_loaded_as_written(input_pipeline.load_split(tmp_path, 'valid'),
-                            written)
+  _assert_loaded_as_written(
+    input_pipeline.load_split(tmp_path, 'valid'), written
+  )
 
 
 def test_load_split_rejects_missing_root(tmp_path):
@@ -82,8 +92,11 @@ def test_load_split_names_the_folders_it_looked_for(tmp_path):
   _write_split(tmp_path / 'tr', 'mix', ['a'])
   with pytest.raises(FileNotFoundError) as error:
     input_pipeline.load_split(tmp_path, 'test')
-  for expected in (tmp_path / 'tt' / 'mix', tmp_path / 'test' / 'mix_clean',
-                   tmp_path / 'wav8k' / 'min' / 'tt' / 'mix'):
+  for expected in (
+    tmp_path / 'tt' / 'mix',
+    tmp_path / 'test' / 'mix_clean',
+    tmp_path / 'wav8k' / 'min' / 'tt' / 'mix',
+  ):
     assert str(expected) in str(error.value)
 
 
@@ -158,12 +171,20 @@ def _numbered_split(directory, lengths):
   """
   for index, length in enumerate(lengths):
     mixture = (index * _UTTERANCE_OFFSET + np.arange(length) + 1).astype(
-        np.float32)
-    for folder, samples in (('mix', mixture), ('s1', mixture),
-                            ('s2', -mixture)):
+      np.float32
+    )
+    for folder, samples in (
+      ('mix', mixture),
+      ('s1', mixture),
+      ('s2', -mixture),
+    ):
       (directory / 'tr' / folder).mkdir(parents=True, exist_ok=True)
-      sf.write(directory / 'tr' / folder / f'u{index:02d}.wav', samples,
-               spectral.SAMPLE_RATE, subtype='FLOAT')
+      sf.write(
+        directory / 'tr' / folder / f'u{index:02d}.wav',
+        samples,
+        spectral.SAMPLE_RATE,
+        subtype='FLOAT',
+      )
   return input_pipeline.load_split(directory, 'train')
 
 
@@ -173,26 +194,32 @@ def _excerpt_origins(mixture_excerpts):
   return [divmod(value, _UTTERANCE_OFFSET) for value in first_values]
 
 
-_SETTINGS = {'batch_size': 3, 'excerpt_samples': 50, 'seed': 7,
-             'num_epochs': 2}
+_SETTINGS = {'batch_size': 3, 'excerpt_samples': 50, 'seed': 7, 'num_epochs': 2}
 
 
 def _batches(split, **overrides):
-  return list(input_pipeline.training_dataset(split,
-                                              **{**_SETTINGS, **overrides}))
+  return list(
+    input_pipeline.training_dataset(split, **{**_SETTINGS, **overrides})
+  )
 
 
 def _assert_batches_equal(batches, expected_batches):
   assert len(batches) == len(expected_batches)
   for (mixture, sources), (expected_mixture, expected_sources) in zip(
-      batches, expected_batches):
+    batches, expected_batches
+  ):
     np.testing.assert_array_equal(mixture, expected_mixture)
     np.testing.assert_array_equal(sources, expected_sources)
 
 
 def _config(**overrides):
-  settings = {'batch_size': 3, 'excerpt_frames': 3, 'seed': 7,
-              'num_epochs': 2, **overrides}
+  settings = {
+    'batch_size': 3,
+    'excerpt_frames': 3,
+    'seed': 7,
+    'num_epochs': 2,
+    **overrides,
+  }
   return ml_collections.ConfigDict(settings)
 
 
@@ -207,10 +234,12 @@ def test_split_lists_lengths_and_reads_an_utterance_when_indexed(tmp_path):
   assert split.names == ('u00', 'u01')
   np.testing.assert_array_equal(split.lengths, [60, 120])
   utterance = split[1]
-  np.testing.assert_array_equal(utterance.mixture,
-                                _UTTERANCE_OFFSET + np.arange(120) + 1)
-  np.testing.assert_array_equal(utterance.sources,
-                                [utterance.mixture, -utterance.mixture])
+  np.testing.assert_array_equal(
+    utterance.mixture, _UTTERANCE_OFFSET + np.arange(120) + 1
+  )
+  np.testing.assert_array_equal(
+    utterance.sources, [utterance.mixture, -utterance.mixture]
+  )
 
 
 def test_training_batches_have_requested_shapes_and_dtype(tmp_path):
@@ -221,8 +250,7 @@ def test_training_batches_have_requested_shapes_and_dtype(tmp_path):
     assert sources.shape == (3, 2, 50) and sources.dtype == np.float32
 
 
-def test_training_batches_cut_aligned_excerpts_of_distinct_utterances(
-    tmp_path):
+def test_training_batches_cut_aligned_excerpts_of_distinct_utterances(tmp_path):
   lengths = [60, 120, 200, 50, 90, 300, 75, 51, 400, 130]
   split = _numbered_split(tmp_path, lengths)
   for epoch in _batches(split)[:3], _batches(split)[3:]:
@@ -230,28 +258,33 @@ def test_training_batches_cut_aligned_excerpts_of_distinct_utterances(
     for mixture, sources in epoch:
       for row, (index, start) in enumerate(_excerpt_origins(mixture)):
         assert 0 <= start <= lengths[index] - 50
-        expected = split[index].mixture[start:start + 50]
+        expected = split[index].mixture[start : start + 50]
         np.testing.assert_array_equal(mixture[row], expected)
         np.testing.assert_array_equal(sources[row], [expected, -expected])
         seen.append(index)
     assert len(seen) == len(set(seen)) == 9
 
 
-def test_training_batches_follow_the_order_drawn_from_seed_and_epoch(
-    tmp_path):
+def test_training_batches_follow_the_order_drawn_from_seed_and_epoch(tmp_path):
   # The order of the runs in the README and RESULTS.md: a permutation from
   # np.random.default_rng((seed, epoch)), then one offset fraction each.
   lengths = [60, 120, 200, 50, 90, 300, 75]
   split = _numbered_split(tmp_path, lengths)
-  origins = [origin for mixture, _ in _batches(split)
-             for origin in _excerpt_origins(mixture)]
+  origins = [
+    origin
+    for mixture, _ in _batches(split)
+    for origin in _excerpt_origins(mixture)
+  ]
   for epoch in range(2):
     rng = np.random.default_rng((7, epoch))
     order = rng.permutation(len(lengths))
-    starts = [int(fraction * (lengths[index] - 50 + 1))
-              for index, fraction in zip(order, rng.random(len(lengths)))]
-    assert origins[6 * epoch:6 * (epoch + 1)] == list(zip(order[:6],
-                                                          starts[:6]))
+    starts = [
+      int(fraction * (lengths[index] - 50 + 1))
+      for index, fraction in zip(order, rng.random(len(lengths)))
+    ]
+    assert origins[6 * epoch : 6 * (epoch + 1)] == list(
+      zip(order[:6], starts[:6])
+    )
 
 
 def test_training_batches_zero_pad_short_utterances_at_the_end(tmp_path):
@@ -261,12 +294,12 @@ def test_training_batches_zero_pad_short_utterances_at_the_end(tmp_path):
     for row, (index, start) in enumerate(_excerpt_origins(mixture)):
       length = lengths[index]
       assert start == 0
-      np.testing.assert_array_equal(mixture[row, :length],
-                                    split[index].mixture)
+      np.testing.assert_array_equal(mixture[row, :length], split[index].mixture)
       np.testing.assert_array_equal(mixture[row, length:], 0)
       np.testing.assert_array_equal(sources[row, :, length:], 0)
-      np.testing.assert_array_equal(sources[row, :, :length],
-                                    split[index].sources)
+      np.testing.assert_array_equal(
+        sources[row, :, :length], split[index].sources
+      )
 
 
 def test_training_batches_are_deterministic(tmp_path):
@@ -277,43 +310,60 @@ def test_training_batches_are_deterministic(tmp_path):
 def test_training_batches_differ_between_epochs(tmp_path):
   split = _numbered_split(tmp_path, [300] * 12)
   epoch_0, epoch_1 = np.split(
-      np.concatenate([mixture for mixture, _ in _batches(split)]), 2)
+    np.concatenate([mixture for mixture, _ in _batches(split)]), 2
+  )
   assert not np.array_equal(epoch_0, epoch_1)
 
 
 @pytest.mark.parametrize('start_step', [0, 1, 4, 7, 8])
-def test_training_stream_resumes_with_the_same_later_batches(tmp_path,
-                                                             start_step):
+def test_training_stream_resumes_with_the_same_later_batches(
+  tmp_path, start_step
+):
   split = _numbered_split(tmp_path, [200] * 13)
   config = _config(batch_size=3, num_epochs=2)
   full_run = list(input_pipeline.training_stream(split, config))
   assert len(full_run) == 8
   _assert_batches_equal(
-      list(input_pipeline.training_stream(split, config, start_step)),
-      full_run[start_step:])
+    list(input_pipeline.training_stream(split, config, start_step)),
+    full_run[start_step:],
+  )
 
 
 def test_each_process_reads_its_own_rows_of_every_batch(tmp_path):
   split = _numbered_split(tmp_path, [60, 120, 200, 50, 90, 300, 75, 51, 400])
   whole = _batches(split, batch_size=4)
-  shares = [_batches(split, batch_size=4, process_index=index,
-                     process_count=2) for index in range(2)]
+  shares = [
+    _batches(split, batch_size=4, process_index=index, process_count=2)
+    for index in range(2)
+  ]
   _assert_batches_equal(
-      [(np.concatenate([first[0], second[0]]),
-        np.concatenate([first[1], second[1]]))
-       for first, second in zip(*shares)],
-      whole)
+    [
+      (
+        np.concatenate([first[0], second[0]]),
+        np.concatenate([first[1], second[1]]),
+      )
+      for first, second in zip(*shares)
+    ],
+    whole,
+  )
 
 
-@pytest.mark.parametrize('overrides, message', [
+@pytest.mark.parametrize(
+  'overrides, message',
+  [
     ({'batch_size': 0}, 'batch_size must be at least 1'),
     ({'excerpt_samples': 0}, 'excerpt_samples must be at least 1'),
     ({'batch_size': 5}, '4 utterances do not fill one batch of 5'),
-    ({'process_count': 2}, r'batch_size \(3\) must divide by the number of '
-     r'processes \(2\)'),
-])
-def test_training_dataset_rejects_invalid_arguments(tmp_path, overrides,
-                                                    message):
+    (
+      {'process_count': 2},
+      r'batch_size \(3\) must divide by the number of '
+      r'processes \(2\)',
+    ),
+  ],
+)
+def test_training_dataset_rejects_invalid_arguments(
+  tmp_path, overrides, message
+):
   split = _numbered_split(tmp_path, [100] * 4)
   with pytest.raises(ValueError, match=message):
     input_pipeline.training_dataset(split, **{**_SETTINGS, **overrides})
@@ -328,22 +378,24 @@ def test_training_stream_rejects_a_step_outside_the_run(tmp_path, start_step):
 
 @pytest.mark.parametrize('process_count', [1, 2])
 def test_evaluation_batches_cover_the_split_in_order_zero_padded(
-    tmp_path, process_count):
+  tmp_path, process_count
+):
   lengths = [60, 120, 200, 50, 90]
   split = _numbered_split(tmp_path, lengths)
   seen = []
   for process_index in range(process_count):
     for batch in input_pipeline.evaluation_batches(
-        split, 4, 256, process_index=process_index,
-        process_count=process_count):
+      split, 4, 256, process_index=process_index, process_count=process_count
+    ):
       assert batch.mixture.shape == (4 // process_count, 256)
       for row, utterance in enumerate(batch.utterances):
         index = batch.first + row
         assert utterance.name == split.names[index]
         length = lengths[index]
-        np.testing.assert_array_equal(batch.mixture[row, :length],
-                                      utterance.mixture)
+        np.testing.assert_array_equal(
+          batch.mixture[row, :length], utterance.mixture
+        )
         np.testing.assert_array_equal(batch.mixture[row, length:], 0)
         seen.append(index)
-      np.testing.assert_array_equal(batch.mixture[len(batch.utterances):], 0)
+      np.testing.assert_array_equal(batch.mixture[len(batch.utterances) :], 0)
   assert sorted(seen) == list(range(len(lengths)))

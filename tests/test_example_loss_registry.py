@@ -16,16 +16,22 @@ def tiny_batch():
   sources = jax.random.normal(jax.random.key(0), (2, 2, NUM_SAMPLES))
   mixture = sources.sum(axis=1)
   mixture_spectrogram = spectral.stft(mixture)
-  targets = loss_registry.Targets(mixture_spectrogram, spectral.stft(sources),
-                                  sources)
+  targets = loss_registry.Targets(
+    mixture_spectrogram, spectral.stft(sources), sources
+  )
   return spectral.log_magnitude(mixture_spectrogram), targets
 
 
 @pytest.mark.parametrize('name', list(loss_registry.LOSSES))
 def test_network_with_the_heads_a_loss_names_gives_its_loss_and_masks(name):
   loss = loss_registry.get(name)
-  model = models.BLSTMNet(heads=loss.heads, hidden_size=4, num_layers=1,
-                          embedding_dim=3, rngs=nnx.Rngs(0))
+  model = models.BLSTMNet(
+    heads=loss.heads,
+    hidden_size=4,
+    num_layers=1,
+    embedding_dim=3,
+    rngs=nnx.Rngs(0),
+  )
   features, targets = tiny_batch()
   estimates = model(features)
   value = loss.loss_fn(estimates, targets, 0.75)
@@ -35,8 +41,11 @@ def test_network_with_the_heads_a_loss_names_gives_its_loss_and_masks(name):
 
 
 def test_unknown_loss_is_rejected_with_the_known_ones():
-  with pytest.raises(ValueError, match=r"config.loss must be one of mi, dc, "
-                     r"wkm, chimera, snr, got 'pit'"):
+  with pytest.raises(
+    ValueError,
+    match=r'config.loss must be one of mi, dc, '
+    r"wkm, chimera, snr, got 'pit'",
+  ):
     loss_registry.get('pit')
 
 

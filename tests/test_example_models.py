@@ -35,10 +35,11 @@ def _reference_blstm(layer, inputs):
   directions = []
   for direction, ordered_inputs in enumerate([inputs, inputs[::-1]]):
     hidden = _reference_lstm(
-        ordered_inputs,
-        np.asarray(layer.input_kernel[direction], np.float64),
-        np.asarray(layer.recurrent_kernel[direction], np.float64),
-        np.asarray(layer.bias[direction], np.float64))
+      ordered_inputs,
+      np.asarray(layer.input_kernel[direction], np.float64),
+      np.asarray(layer.recurrent_kernel[direction], np.float64),
+      np.asarray(layer.bias[direction], np.float64),
+    )
     directions.append(hidden if direction == 0 else hidden[::-1])
   return np.concatenate(directions, axis=-1)
 
@@ -61,7 +62,8 @@ def test_bidirectional_lstm_matches_per_step_numpy_reference():
   layer = models.BidirectionalLSTM(5, 4, rngs=nnx.Rngs(0))
   inputs = jax.random.normal(jax.random.key(1), (9, 3, 5))
   np.testing.assert_allclose(
-      layer(inputs), _reference_blstm(layer, inputs), rtol=1e-5, atol=1e-5)
+    layer(inputs), _reference_blstm(layer, inputs), rtol=1e-5, atol=1e-5
+  )
 
 
 def test_lstm_recurrence_gradient_matches_autodiff_of_a_plain_loop():
@@ -85,9 +87,11 @@ def test_lstm_recurrence_gradient_matches_autodiff_of_a_plain_loop():
 
   # Jitted: the plain loop, op by op, took seconds to differentiate.
   expected = jax.jit(jax.grad(objective(plain_loop), argnums=(0, 1)))(
-      input_gates, recurrent_kernel)
-  actual = jax.jit(jax.grad(objective(models.lstm_recurrence),
-                            argnums=(0, 1)))(input_gates, recurrent_kernel)
+    input_gates, recurrent_kernel
+  )
+  actual = jax.jit(jax.grad(objective(models.lstm_recurrence), argnums=(0, 1)))(
+    input_gates, recurrent_kernel
+  )
   for actual_grad, expected_grad in zip(actual, expected):
     np.testing.assert_allclose(actual_grad, expected_grad, rtol=1e-5, atol=1e-5)
 
@@ -96,11 +100,12 @@ def test_tiny_model_overfits_one_batch():
   rng = np.random.default_rng(0)
   shape = (2, 2, 10, 16)
   source_specs = jnp.asarray(
-      rng.standard_normal(shape) + 1j * rng.standard_normal(shape),
-      jnp.complex64)
+    rng.standard_normal(shape) + 1j * rng.standard_normal(shape), jnp.complex64
+  )
   mixture_spec = source_specs.sum(axis=1)
   model = models.BLSTMNet(
-      num_freqs=16, hidden_size=32, num_layers=1, rngs=nnx.Rngs(0))
+    num_freqs=16, hidden_size=32, num_layers=1, rngs=nnx.Rngs(0)
+  )
   optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
 
   @nnx.jit
@@ -120,19 +125,30 @@ def test_tiny_model_overfits_one_batch():
 
 
 def test_embedding_net_estimates_unit_norm_embeddings_only():
-  model = models.BLSTMNet(heads=('embeddings',), hidden_size=8, num_layers=1,
-                          embedding_dim=20, rngs=nnx.Rngs(0))
+  model = models.BLSTMNet(
+    heads=('embeddings',),
+    hidden_size=8,
+    num_layers=1,
+    embedding_dim=20,
+    rngs=nnx.Rngs(0),
+  )
   log_magnitude = jax.random.normal(jax.random.key(1), (3, 11, 129))
   estimates = model(log_magnitude)
   assert estimates.masks is None
   assert estimates.embeddings.shape == (3, 11, 129, 20)
   np.testing.assert_allclose(
-      np.linalg.norm(estimates.embeddings, axis=-1), 1.0, rtol=1e-5)
+    np.linalg.norm(estimates.embeddings, axis=-1), 1.0, rtol=1e-5
+  )
 
 
 def test_chimera_net_has_both_heads_on_one_blstm_stack():
-  model = models.BLSTMNet(heads=('masks', 'embeddings'), hidden_size=8,
-                          num_layers=2, embedding_dim=20, rngs=nnx.Rngs(0))
+  model = models.BLSTMNet(
+    heads=('masks', 'embeddings'),
+    hidden_size=8,
+    num_layers=2,
+    embedding_dim=20,
+    rngs=nnx.Rngs(0),
+  )
   estimates = model(jax.random.normal(jax.random.key(1), (3, 11, 129)))
   assert estimates.embeddings.shape == (3, 11, 129, 20)
   assert estimates.masks.shape == (3, 2, 11, 129)

@@ -17,15 +17,18 @@ PERCENTILES = (10.0, 100.0)
 
 
 def results_mtimes(workdir):
-  return {path.relative_to(workdir): path.stat().st_mtime_ns
-          for path in sorted(workdir.glob('mi/p*/results.json'))}
+  return {
+    path.relative_to(workdir): path.stat().st_mtime_ns
+    for path in sorted(workdir.glob('mi/p*/results.json'))
+  }
 
 
 def test_sweep_trains_and_evaluates_every_cell(sweep_run):
   config, workdir, table = sweep_run
   for percentile in PERCENTILES:
     results = json.loads(
-        (workdir / 'mi' / f'p{percentile:g}' / 'results.json').read_text())
+      (workdir / 'mi' / f'p{percentile:g}' / 'results.json').read_text()
+    )
     assert results['steps'] == 4
     assert results['config']['autoclip_percentile'] == percentile
   assert (workdir / 'table1.md').read_text() == table
@@ -46,8 +49,12 @@ def test_command_line_skips_finished_cells(sweep_run):
   config, workdir, table = sweep_run
   before = results_mtimes(workdir)
   completed = run_command(
-      'sweep', f'--workdir={workdir}', '--losses=mi', '--percentiles=10,100',
-      *config_flags_for(config, sweep_cpu.get_config()))
+    'sweep',
+    f'--workdir={workdir}',
+    '--losses=mi',
+    '--percentiles=10,100',
+    *config_flags_for(config, sweep_cpu.get_config()),
+  )
   assert completed.returncode == 0, completed.stderr
   assert table in completed.stdout
   assert results_mtimes(workdir) == before
@@ -70,8 +77,9 @@ def test_deleted_results_rerun_only_that_cell(sweep_run):
 
 def test_results_of_another_config_do_not_count(tmp_path):
   config = sweep.cell_config(sweep_cpu.get_config(), tmp_path, 'mi', 10.0)
-  (tmp_path / 'results.json').write_text(json.dumps(
-      {'test_si_sdr': 1.0, 'config': config.to_dict()}))
+  (tmp_path / 'results.json').write_text(
+    json.dumps({'test_si_sdr': 1.0, 'config': config.to_dict()})
+  )
   assert runs.finished_results(tmp_path, config)['test_si_sdr'] == 1.0
   other = sweep.cell_config(sweep_cpu.get_config(), tmp_path, 'mi', 25.0)
   assert runs.finished_results(tmp_path, other) is None
@@ -85,19 +93,31 @@ def test_truncated_results_do_not_count(tmp_path):
 
 def test_results_of_a_moved_sweep_still_count(tmp_path):
   config = sweep.cell_config(sweep_cpu.get_config(), tmp_path / 'old', 'mi', 0)
-  (tmp_path / 'results.json').write_text(json.dumps(
-      {'test_si_sdr': 1.0, 'config': config.to_dict()}))
+  (tmp_path / 'results.json').write_text(
+    json.dumps({'test_si_sdr': 1.0, 'config': config.to_dict()})
+  )
   moved = sweep.cell_config(sweep_cpu.get_config(), tmp_path / 'new', 'mi', 0)
   assert runs.finished_results(tmp_path, moved) is not None
 
 
 def test_partial_table_shows_dashes_for_cells_not_run():
-  results = {('mi', 10.0): {'test_si_sdr': 7.125, 'test_si_sdri': 7.5,
-                            'steps': 50, 'num_test_mixtures': 50},
-             ('mi', 100.0): {'test_si_sdr': 6.0, 'test_si_sdri': 6.25,
-                             'steps': 50, 'num_test_mixtures': 50}}
-  table = sweep.render_table1(sweep_cpu.get_config(), ['mi'],
-                              [0.0, 10.0, 100.0], results)
+  results = {
+    ('mi', 10.0): {
+      'test_si_sdr': 7.125,
+      'test_si_sdri': 7.5,
+      'steps': 50,
+      'num_test_mixtures': 50,
+    },
+    ('mi', 100.0): {
+      'test_si_sdr': 6.0,
+      'test_si_sdri': 6.25,
+      'steps': 50,
+      'num_test_mixtures': 50,
+    },
+  }
+  table = sweep.render_table1(
+    sweep_cpu.get_config(), ['mi'], [0.0, 10.0, 100.0], results
+  )
   assert '| loss | p=0 | p=10 | no clipping (p=100) |' in table
   assert '| Mask inference (mi) | – | **7.12** | 6.00 |' in table
   assert '| Mask inference (mi) | – | **7.50** | 6.25 |' in table
@@ -123,8 +143,9 @@ def test_each_loss_is_set_in_the_cell_config(tmp_path, loss):
 
 
 def test_every_loss_has_a_row_named_by_its_title():
-  table = sweep.render_table1(sweep_cpu.get_config(),
-                              list(loss_registry.LOSSES), [100.0], {})
+  table = sweep.render_table1(
+    sweep_cpu.get_config(), list(loss_registry.LOSSES), [100.0], {}
+  )
   for name, loss in loss_registry.LOSSES.items():
     assert f'| {loss.title} ({name}) | – |' in table
 

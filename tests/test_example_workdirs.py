@@ -24,9 +24,12 @@ with workdirs.lock(sys.argv[1]):
 
 
 def start_holder(workdir):
-  holder = subprocess.Popen([sys.executable, '-c', _HOLDER, str(workdir)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True)
+  holder = subprocess.Popen(
+    [sys.executable, '-c', _HOLDER, str(workdir)],
+    stdin=subprocess.PIPE,
+    stdout=subprocess.PIPE,
+    text=True,
+  )
   assert holder.stdout.readline() == 'locked\n'
   return holder
 
@@ -42,15 +45,19 @@ def busy_workdir(tmp_path_factory):
 
 
 def in_use_message(workdir, pid):
-  return re.escape(f'{workdir} is in use by another run, process {pid} '
-                   f'(it holds {workdir / "lock"})')
+  return re.escape(
+    f'{workdir} is in use by another run, process {pid} '
+    f'(it holds {workdir / "lock"})'
+  )
 
 
-def test_run_in_a_busy_workdir_stops_before_reading_data(busy_workdir,
-                                                         tmp_path):
+def test_run_in_a_busy_workdir_stops_before_reading_data(
+  busy_workdir, tmp_path
+):
   workdir, pid = busy_workdir
-  with pytest.raises(workdirs.WorkdirInUseError,
-                     match=in_use_message(workdir, pid)):
+  with pytest.raises(
+    workdirs.WorkdirInUseError, match=in_use_message(workdir, pid)
+  ):
     train.train_and_evaluate(tiny_config(tmp_path / 'data', 1), workdir)
   assert not (tmp_path / 'data').exists()
   assert sorted(path.name for path in workdir.iterdir()) == ['lock']
@@ -58,12 +65,14 @@ def test_run_in_a_busy_workdir_stops_before_reading_data(busy_workdir,
 
 @pytest.mark.parametrize('command', ['main', 'sweep', 'dynamics'])
 def test_command_in_a_busy_workdir_is_one_line_naming_the_holder(
-    busy_workdir, command):
+  busy_workdir, command
+):
   workdir, pid = busy_workdir
   completed = run_command(command, f'--workdir={workdir}', '--percentiles=10')
   assert completed.returncode == 1
-  assert re.fullmatch('Error: ' + in_use_message(workdir, pid) + '.*\n',
-                      completed.stderr)
+  assert re.fullmatch(
+    'Error: ' + in_use_message(workdir, pid) + '.*\n', completed.stderr
+  )
   assert sorted(path.name for path in workdir.iterdir()) == ['lock']
 
 

@@ -26,21 +26,40 @@ def free_port() -> int:
 
 def run_processes(variant, tmp_path, num_processes):
   """Starts the processes, waits for all, returns each one's record."""
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=(
-      f'--xla_force_host_platform_device_count={4 // num_processes}'))
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS='cpu',
+    XLA_FLAGS=(f'--xla_force_host_platform_device_count={4 // num_processes}'),
+  )
   address = f'127.0.0.1:{free_port()}'
-  outputs = [tmp_path / f'{variant}-{num_processes}-{index}.npz'
-             for index in range(num_processes)]
+  outputs = [
+    tmp_path / f'{variant}-{num_processes}-{index}.npz'
+    for index in range(num_processes)
+  ]
   processes = [
-      subprocess.Popen(
-          [sys.executable, '-m', 'tests.multiprocess_child', variant,
-           str(out), str(num_processes), str(index), address],
-          cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
-          stderr=subprocess.STDOUT, text=True)
-      for index, out in enumerate(outputs)]
+    subprocess.Popen(
+      [
+        sys.executable,
+        '-m',
+        'tests.multiprocess_child',
+        variant,
+        str(out),
+        str(num_processes),
+        str(index),
+        address,
+      ],
+      cwd=REPO_ROOT,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for index, out in enumerate(outputs)
+  ]
   try:
-    logs = [process.communicate(timeout=TIMEOUT_SECONDS)[0]
-            for process in processes]
+    logs = [
+      process.communicate(timeout=TIMEOUT_SECONDS)[0] for process in processes
+    ]
   finally:
     for process in processes:
       process.kill()
@@ -52,8 +71,10 @@ def run_processes(variant, tmp_path, num_processes):
 @pytest.fixture(scope='module', params=['global', 'leaf', 'skip_spikes'])
 def runs(request, tmp_path_factory):
   tmp_path = tmp_path_factory.mktemp(request.param)
-  return (run_processes(request.param, tmp_path, 2),
-          run_processes(request.param, tmp_path, 1)[0])
+  return (
+    run_processes(request.param, tmp_path, 2),
+    run_processes(request.param, tmp_path, 1)[0],
+  )
 
 
 def test_both_processes_hold_the_same_state_bit_for_bit(runs):
@@ -65,10 +86,12 @@ def test_both_processes_hold_the_same_state_bit_for_bit(runs):
 
 def test_autoclip_clipped_and_recorded_in_the_two_process_run(runs):
   (first, _), _ = runs
-  thresholds = next(value for name, value in first.items()
-                    if name.endswith('.threshold'))
-  norms = next(value for name, value in first.items()
-               if name.endswith('.grad_norm'))
+  thresholds = next(
+    value for name, value in first.items() if name.endswith('.threshold')
+  )
+  norms = next(
+    value for name, value in first.items() if name.endswith('.grad_norm')
+  )
   assert np.isfinite(thresholds[-1]).all()
   assert (norms[1:] > thresholds[1:]).any()  # It did clip.
 
@@ -83,5 +106,6 @@ def test_two_processes_equal_one_process_of_four_devices(runs):
     if np.issubdtype(value.dtype, np.integer):
       np.testing.assert_array_equal(two_processes[name], value, err_msg=name)
     else:
-      np.testing.assert_allclose(two_processes[name], value, rtol=2e-5,
-                                 atol=1e-6, err_msg=name)
+      np.testing.assert_allclose(
+        two_processes[name], value, rtol=2e-5, atol=1e-6, err_msg=name
+      )

@@ -11,8 +11,9 @@ from autoclip_optax import skip_spikes
 from tests.test_autoclip_platforms import assert_bit_identical
 
 
-def skip_spikes_reference(norms, factor, percentile, max_history,
-                          min_history, max_consecutive_skips):
+def skip_spikes_reference(
+  norms, factor, percentile, max_history, min_history, max_consecutive_skips
+):
   """Per step: (skipped, spike threshold), the rule written plainly."""
   window, num_recorded, in_a_row, steps = [], 0, 0, []
   for norm in norms:
@@ -41,9 +42,15 @@ def spiky_norms(num_steps, seed):
   for step in rng.choice(num_steps, num_steps // 10, replace=False):
     norms[step] *= 50
   burst = rng.integers(num_steps - 10)
-  norms[burst:burst + 6] *= 1000
+  norms[burst : burst + 6] *= 1000
   norms[rng.choice(num_steps, 6, replace=False)] = [
-      0.0, 0.0, np.nan, np.inf, np.nan, np.inf]
+    0.0,
+    0.0,
+    np.nan,
+    np.inf,
+    np.nan,
+    np.inf,
+  ]
   return norms
 
 
@@ -60,27 +67,45 @@ def run_norms(tx, norms):
   return outputs, states
 
 
-@pytest.mark.parametrize('factor, percentile, max_history, min_history, '
-                         'max_consecutive_skips', [
-                             (6.0, 50.0, 1000, 20, 10),
-                             (3.0, 90.0, 16, 5, 3),
-                             (2.0, 10.0, 7, 0, 1),
-                         ])
-def test_matches_numpy_reference(factor, percentile, max_history, min_history,
-                                 max_consecutive_skips):
+@pytest.mark.parametrize(
+  'factor, percentile, max_history, min_history, max_consecutive_skips',
+  [
+    (6.0, 50.0, 1000, 20, 10),
+    (3.0, 90.0, 16, 5, 3),
+    (2.0, 10.0, 7, 0, 1),
+  ],
+)
+def test_matches_numpy_reference(
+  factor, percentile, max_history, min_history, max_consecutive_skips
+):
   norms = spiky_norms(300, seed=max_history)
-  tx = skip_spikes(optax.sgd(1.0), factor, percentile, max_history,
-                   min_history, max_consecutive_skips)
+  tx = skip_spikes(
+    optax.sgd(1.0),
+    factor,
+    percentile,
+    max_history,
+    min_history,
+    max_consecutive_skips,
+  )
   outputs, states = run_norms(tx, norms)
-  reference = skip_spikes_reference(norms.astype(np.float64), factor,
-                                    percentile, max_history, min_history,
-                                    max_consecutive_skips)
+  reference = skip_spikes_reference(
+    norms.astype(np.float64),
+    factor,
+    percentile,
+    max_history,
+    min_history,
+    max_consecutive_skips,
+  )
   skipped = np.array([step[0] for step in reference])
   assert 0 < skipped.sum() < 100
-  np.testing.assert_allclose([s.spike_threshold for s in states],
-                             [step[1] for step in reference], rtol=1e-6)
-  np.testing.assert_array_equal([s.num_skipped for s in states],
-                                np.cumsum(skipped))
+  np.testing.assert_allclose(
+    [s.spike_threshold for s in states],
+    [step[1] for step in reference],
+    rtol=1e-6,
+  )
+  np.testing.assert_array_equal(
+    [s.num_skipped for s in states], np.cumsum(skipped)
+  )
   for output, norm, was_skipped in zip(outputs, norms, skipped):
     expected = 0.0 if was_skipped else -norm
     np.testing.assert_array_equal(output['w'], [expected, 0.0])
@@ -112,8 +137,13 @@ def test_zero_gradients_go_through_and_are_recorded():
 
 
 def test_a_lasting_change_of_scale_goes_through_after_the_give_up():
-  tx = skip_spikes(optax.sgd(1.0), factor=3.0, max_history=10,
-                   min_history=5, max_consecutive_skips=3)
+  tx = skip_spikes(
+    optax.sgd(1.0),
+    factor=3.0,
+    max_history=10,
+    min_history=5,
+    max_consecutive_skips=3,
+  )
   outputs, states = run_norms(tx, [1.0] * 10 + [100.0] * 20)
   skipped = [float(output['w'][0]) == 0.0 for output in outputs]
   assert skipped == [False] * 10 + [True] * 3 + [False] * 17
@@ -121,37 +151,47 @@ def test_a_lasting_change_of_scale_goes_through_after_the_give_up():
 
 
 def test_composes_around_autoclip_and_adam():
-  tx = skip_spikes(optax.chain(autoclip(10, 64), optax.adam(1e-3)),
-                   factor=5.0, min_history=10)
+  tx = skip_spikes(
+    optax.chain(autoclip(10, 64), optax.adam(1e-3)), factor=5.0, min_history=10
+  )
   norms = spiky_norms(120, seed=0)
   _, states = run_norms(tx, norms)
   autoclip_count = optax.tree_utils.tree_get(
-      states[-1], 'count',
-      filtering=lambda path, _: path[-1].tuple_name == 'AutoClipState')
+    states[-1],
+    'count',
+    filtering=lambda path, _: path[-1].tuple_name == 'AutoClipState',
+  )
   assert autoclip_count == states[-1].count
   assert states[-1].num_skipped > len(norms) // 20
-  reference = skip_spikes_reference(norms.astype(np.float64), 5.0, 50.0,
-                                    1000, 10, 10)
+  reference = skip_spikes_reference(
+    norms.astype(np.float64), 5.0, 50.0, 1000, 10, 10
+  )
   assert states[-1].num_skipped == sum(step[0] for step in reference)
 
 
-@pytest.mark.parametrize('argument, value, error', [
-    ('factor', 0.0, ValueError), ('factor', np.nan, ValueError),
-    ('factor', '2', TypeError), ('percentile', 101.0, ValueError),
-    ('max_history', 0, ValueError), ('min_history', 2000, ValueError),
+@pytest.mark.parametrize(
+  'argument, value, error',
+  [
+    ('factor', 0.0, ValueError),
+    ('factor', np.nan, ValueError),
+    ('factor', '2', TypeError),
+    ('percentile', 101.0, ValueError),
+    ('max_history', 0, ValueError),
+    ('min_history', 2000, ValueError),
     ('max_consecutive_skips', 0, ValueError),
     ('max_consecutive_skips', 1.5, TypeError),
-])
+  ],
+)
 def test_bad_arguments_raise_naming_them(argument, value, error):
   with pytest.raises(error, match=argument):
     skip_spikes(optax.sgd(1.0), **{argument: value})
 
 
-@pytest.mark.parametrize('factor, skipped', [(-1.0, 1), (0.0, 1),
-                                             (np.nan, 0)])
+@pytest.mark.parametrize('factor, skipped', [(-1.0, 1), (0.0, 1), (np.nan, 0)])
 def test_traced_factor_out_of_range_is_clamped(factor, skipped):
-  tx = optax.inject_hyperparams(skip_spikes, static_args=(
-      'inner', 'max_history'))(optax.sgd(1.0), factor=1.0, min_history=1)
+  tx = optax.inject_hyperparams(
+    skip_spikes, static_args=('inner', 'max_history')
+  )(optax.sgd(1.0), factor=1.0, min_history=1)
   params = {'w': jnp.zeros(1)}
   state = tx.init(params)
   state.hyperparams['factor'] = jnp.float32(factor)
@@ -168,7 +208,8 @@ def test_num_skipped_saturates_at_the_int32_maximum():
   tx = skip_spikes(optax.sgd(1.0))
   params = {'w': jnp.zeros(1)}
   state = tx.init(params)._replace(
-      num_skipped=jnp.int32(np.iinfo(np.int32).max - 1))
+    num_skipped=jnp.int32(np.iinfo(np.int32).max - 1)
+  )
   for _ in range(3):
     _, state = jax.jit(tx.update)({'w': jnp.array([np.nan])}, state)
   assert state.num_skipped == np.iinfo(np.int32).max

@@ -11,18 +11,17 @@ import sys
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 # A few cases of each NumPy-oracle test: each compiles anew.
 ORACLE_TESTS = (
-    'tests/test_autoclip.py::test_matches_numpy_reference[1-0]',
-    'tests/test_autoclip.py::test_matches_numpy_reference[7-10]',
-    'tests/test_autoclip.py::test_matches_numpy_reference[1000-33.3]',
-    'tests/test_autoclip.py::'
-    'test_update_is_differentiable_like_finite_differences',
-    'tests/test_autoclip_groups.py::'
-    'test_leaf_groups_match_numpy_reference[7-10]',
-    'tests/test_autoclip_groups.py::'
-    'test_label_function_groups_match_numpy_reference[5-10]',
-    'tests/test_skip_spikes.py::test_matches_numpy_reference',
-    'tests/test_with_history.py::'
-    'test_seeded_window_and_next_step_equal_recording_one_by_one',
+  'tests/test_autoclip.py::test_matches_numpy_reference[1-0]',
+  'tests/test_autoclip.py::test_matches_numpy_reference[7-10]',
+  'tests/test_autoclip.py::test_matches_numpy_reference[1000-33.3]',
+  'tests/test_autoclip.py::'
+  'test_update_is_differentiable_like_finite_differences',
+  'tests/test_autoclip_groups.py::test_leaf_groups_match_numpy_reference[7-10]',
+  'tests/test_autoclip_groups.py::'
+  'test_label_function_groups_match_numpy_reference[5-10]',
+  'tests/test_skip_spikes.py::test_matches_numpy_reference',
+  'tests/test_with_history.py::'
+  'test_seeded_window_and_next_step_equal_recording_one_by_one',
 )
 CHECK_DTYPES = """
 import jax, jax.numpy as jnp, optax
@@ -42,8 +41,14 @@ print('ok')
 
 def run_with_x64(*args):
   env = dict(os.environ, JAX_ENABLE_X64='1', JAX_PLATFORMS='cpu')
-  return subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=env,
-                        capture_output=True, text=True, timeout=900)
+  return subprocess.run(
+    [sys.executable, *args],
+    cwd=REPO_ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
 
 
 def test_updates_keep_their_dtype_and_the_state_its_dtypes():
@@ -53,7 +58,8 @@ def test_updates_keep_their_dtype_and_the_state_its_dtypes():
 
 
 def test_oracle_tests_pass_in_x64_mode():
-  result = run_with_x64('-m', 'pytest', '-q', '-p', 'no:cacheprovider',
-                        *ORACLE_TESTS)
+  result = run_with_x64(
+    '-m', 'pytest', '-q', '-p', 'no:cacheprovider', *ORACLE_TESTS
+  )
   assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
   assert ' passed' in result.stdout and 'skipped' not in result.stdout

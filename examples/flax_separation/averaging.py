@@ -28,6 +28,7 @@ class ParamAverageState(NamedTuple):
     average: the moving average of the parameters, biased towards zero by
       its zero start (`averaged_model` corrects it).
   """
+
   count: jax.Array
   average: optax.Params
 
@@ -62,23 +63,29 @@ def param_average(decay: float) -> optax.GradientTransformation:
     return optax.identity()
 
   def init_fn(params):
-    return ParamAverageState(count=jnp.zeros([], jnp.int32),
-                             average=optax.tree.zeros_like(params))
+    return ParamAverageState(
+      count=jnp.zeros([], jnp.int32), average=optax.tree.zeros_like(params)
+    )
 
   def update_fn(updates, state, params=None):
     if params is None:
-      raise ValueError('param_average needs the parameters: call '
-                       'update(updates, state, params)')
+      raise ValueError(
+        'param_average needs the parameters: call '
+        'update(updates, state, params)'
+      )
     average = optax.incremental_update(
-        optax.apply_updates(params, updates), state.average, 1 - decay)
-    return updates, ParamAverageState(optax.safe_increment(state.count),
-                                      average)
+      optax.apply_updates(params, updates), state.average, 1 - decay
+    )
+    return updates, ParamAverageState(
+      optax.safe_increment(state.count), average
+    )
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def averaged_model(model: nnx.Module, optimizer: nnx.Optimizer,
-                   decay: float) -> nnx.Module:
+def averaged_model(
+  model: nnx.Module, optimizer: nnx.Optimizer, decay: float
+) -> nnx.Module:
   """A copy of ``model`` whose parameters are the optimizer's average.
 
   Args:
@@ -100,10 +107,15 @@ def averaged_model(model: nnx.Module, optimizer: nnx.Optimizer,
   params = nnx.state(averaged, nnx.Param)
   # Selected on the device, not branched on the host: on several hosts the
   # count spans other processes' devices, and `int(count)` would fail.
-  nnx.replace_by_pure_dict(params, jax.tree.map(
+  nnx.replace_by_pure_dict(
+    params,
+    jax.tree.map(
       lambda average, trained: jnp.where(count > 0, average, trained),
       optax.tree_utils.tree_bias_correction(
-          nnx.to_pure_dict(nnx.as_pure(state.average)), decay, count),
-      nnx.to_pure_dict(params)))
+        nnx.to_pure_dict(nnx.as_pure(state.average)), decay, count
+      ),
+      nnx.to_pure_dict(params),
+    ),
+  )
   nnx.update(averaged, params)
   return averaged

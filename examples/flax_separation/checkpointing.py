@@ -44,6 +44,7 @@ _LATEST_KEPT = 2
 # checkpoint the kill cut short.
 _BEST_KEPT = 3
 
+
 class DamagedCheckpointError(RuntimeError):
   """A checkpoint's files do not match the checksums written with them."""
 
@@ -54,11 +55,14 @@ def _sha256(path: pathlib.Path) -> str:
 
 
 def _write_checksums(step_dir: pathlib.Path) -> None:
-  checksums = {str(path.relative_to(step_dir)): _sha256(path)
-               for path in sorted(step_dir.rglob('*'))
-               if path.is_file() and path.name != CHECKSUMS_NAME}
-  workdirs.write_atomically(step_dir / CHECKSUMS_NAME,
-                            json.dumps(checksums, indent=1) + '\n')
+  checksums = {
+    str(path.relative_to(step_dir)): _sha256(path)
+    for path in sorted(step_dir.rglob('*'))
+    if path.is_file() and path.name != CHECKSUMS_NAME
+  }
+  workdirs.write_atomically(
+    step_dir / CHECKSUMS_NAME, json.dumps(checksums, indent=1) + '\n'
+  )
 
 
 def find_damage(step_dir: pathlib.Path) -> str | None:
@@ -94,12 +98,15 @@ def _steps(directory: pathlib.Path) -> list[int]:
   """The saved steps under ``directory``, newest first."""
   if not directory.is_dir():
     return []
-  return sorted((int(path.name) for path in directory.iterdir()
-                 if path.name.isdigit()), reverse=True)
+  return sorted(
+    (int(path.name) for path in directory.iterdir() if path.name.isdigit()),
+    reverse=True,
+  )
 
 
-def _move_aside(step_dir: pathlib.Path, damaged_dir: pathlib.Path
-                ) -> pathlib.Path:
+def _move_aside(
+  step_dir: pathlib.Path, damaged_dir: pathlib.Path
+) -> pathlib.Path:
   damaged_dir.mkdir(exist_ok=True)
   name = f'{step_dir.parent.name}-{step_dir.name}'
   destination = damaged_dir / name
@@ -132,17 +139,24 @@ def _prepare(workdir: pathlib.Path) -> None:
   else:
     if damaged:
       raise DamagedCheckpointError(
-          f'every checkpoint in {latest_dir} is damaged: '
-          + '; '.join(f'step {step}: {damage}'
-                      for step, damage in damaged.items())
-          + f'. Move {latest_dir} away to train the run from the start.')
+        f'every checkpoint in {latest_dir} is damaged: '
+        + '; '.join(
+          f'step {step}: {damage}' for step, damage in damaged.items()
+        )
+        + f'. Move {latest_dir} away to train the run from the start.'
+      )
   _sync_processes('checkpointing: steps checked')  # Before any change.
   if jax.process_index() == 0:
     for step, damage in damaged.items():
       destination = _move_aside(latest_dir / str(step), workdir / 'damaged')
-      logging.warning('Checkpoint step %d is damaged: %s. Moved to %s; '
-                      'resuming from step %d.', step, damage, destination,
-                      resume_step)
+      logging.warning(
+        'Checkpoint step %d is damaged: %s. Moved to %s; '
+        'resuming from step %d.',
+        step,
+        damage,
+        destination,
+        resume_step,
+      )
     for step in _steps(best_dir):
       if step > resume_step:
         shutil.rmtree(best_dir / str(step))
@@ -169,11 +183,15 @@ class Checkpoints:
     workdir = pathlib.Path(workdir).absolute()
     _prepare(workdir)
     self.latest = ocp.CheckpointManager(
-        workdir / 'checkpoints', options=ocp.CheckpointManagerOptions(
-            max_to_keep=_LATEST_KEPT, create=True))
+      workdir / 'checkpoints',
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=_LATEST_KEPT, create=True
+      ),
+    )
     self.best = ocp.CheckpointManager(
-        workdir / 'best', options=ocp.CheckpointManagerOptions(
-            max_to_keep=_BEST_KEPT, create=True))
+      workdir / 'best',
+      options=ocp.CheckpointManagerOptions(max_to_keep=_BEST_KEPT, create=True),
+    )
 
   @staticmethod
   def _save(manager, step, args):
@@ -183,10 +201,16 @@ class Checkpoints:
       _write_checksums(pathlib.Path(manager.directory) / str(step))
 
   def save(self, step, model, optimizer, progress):
-    self._save(self.latest, step, ocp.args.Composite(
-        state=ocp.args.StandardSave(nnx.to_pure_dict(
-            nnx.state((model, optimizer)))),
-        progress=ocp.args.JsonSave(progress)))
+    self._save(
+      self.latest,
+      step,
+      ocp.args.Composite(
+        state=ocp.args.StandardSave(
+          nnx.to_pure_dict(nnx.state((model, optimizer)))
+        ),
+        progress=ocp.args.JsonSave(progress),
+      ),
+    )
 
   def restore(self, model, optimizer):
     """Loads the latest state into model and optimizer; returns progress."""
@@ -194,16 +218,21 @@ class Checkpoints:
     if step is None:
       return None
     state = nnx.state((model, optimizer))
-    restored = self.latest.restore(step, args=ocp.args.Composite(
+    restored = self.latest.restore(
+      step,
+      args=ocp.args.Composite(
         state=ocp.args.StandardRestore(nnx.to_pure_dict(state)),
-        progress=ocp.args.JsonRestore()))
+        progress=ocp.args.JsonRestore(),
+      ),
+    )
     nnx.replace_by_pure_dict(state, restored.state)
     nnx.update((model, optimizer), state)
     return restored.progress
 
   def save_best(self, step, model):
-    self._save(self.best, step, ocp.args.StandardSave(
-        nnx.to_pure_dict(nnx.state(model))))
+    self._save(
+      self.best, step, ocp.args.StandardSave(nnx.to_pure_dict(nnx.state(model)))
+    )
 
   def restore_best(self, model):
     """Loads the best model into ``model``.
@@ -215,10 +244,12 @@ class Checkpoints:
     damage = find_damage(pathlib.Path(self.best.directory) / str(step))
     if damage is not None:
       raise DamagedCheckpointError(
-          f'The best model, saved at step {step}, is damaged: {damage}. '
-          'Train the run again in another work directory.')
+        f'The best model, saved at step {step}, is damaged: {damage}. '
+        'Train the run again in another work directory.'
+      )
     state = nnx.state(model)
     restored = self.best.restore(
-        step, args=ocp.args.StandardRestore(nnx.to_pure_dict(state)))
+      step, args=ocp.args.StandardRestore(nnx.to_pure_dict(state))
+    )
     nnx.replace_by_pure_dict(state, restored)
     nnx.update(model, state)

@@ -18,9 +18,11 @@ FLAGS = flags.FLAGS
 CONFIGS = pathlib.Path(__file__).parent / 'configs'
 
 
-def define_common_flags(default_percentiles: Sequence[float],
-                        percentiles_help: str,
-                        default_config: str = 'default.py') -> None:
+def define_common_flags(
+  default_percentiles: Sequence[float],
+  percentiles_help: str,
+  default_config: str = 'default.py',
+) -> None:
   """Defines --workdir (required), --percentiles, --config, --parallel_runs
   and --multihost.
 
@@ -34,20 +36,31 @@ def define_common_flags(default_percentiles: Sequence[float],
       unless given.
   """
   flags.DEFINE_string('workdir', None, 'Where everything is written.')
-  flags.DEFINE_list('percentiles', [f'{p:g}' for p in default_percentiles],
-                    f'{percentiles_help}; 100 never clips.')
-  config_flags.DEFINE_config_file('config', str(CONFIGS / default_config),
-                                  'Hyperparameters.', lock_config=True)
+  flags.DEFINE_list(
+    'percentiles',
+    [f'{p:g}' for p in default_percentiles],
+    f'{percentiles_help}; 100 never clips.',
+  )
+  config_flags.DEFINE_config_file(
+    'config',
+    str(CONFIGS / default_config),
+    'Hyperparameters.',
+    lock_config=True,
+  )
   flags.DEFINE_integer(
-      'parallel_runs', 2,
-      'Runs trained at once, each in a process of its own (runs.train_runs); '
-      'their results do not depend on it. 1 trains them in turn in this '
-      'process, as on one accelerator. Always 1 with --multihost.')
+    'parallel_runs',
+    2,
+    'Runs trained at once, each in a process of its own (runs.train_runs); '
+    'their results do not depend on it. 1 trains them in turn in this '
+    'process, as on one accelerator. Always 1 with --multihost.',
+  )
   flags.DEFINE_bool(
-      'multihost', False,
-      'One process of a run over several hosts: calls '
-      'jax.distributed.initialize() before anything else, which finds the '
-      'other processes on Cloud TPU, SLURM, Open MPI and Kubernetes.')
+    'multihost',
+    False,
+    'One process of a run over several hosts: calls '
+    'jax.distributed.initialize() before anything else, which finds the '
+    'other processes on Cloud TPU, SLURM, Open MPI and Kubernetes.',
+  )
   flags.mark_flags_as_required(['workdir'])
   app.call_after_init(_initialize_multihost)
 
@@ -61,7 +74,8 @@ def parallel_runs() -> int:
   """Reads ``--parallel_runs``: 1 with ``--multihost``, else at least 1."""
   if FLAGS.parallel_runs < 1:
     raise app.UsageError(
-        f'--parallel_runs must be at least 1, got {FLAGS.parallel_runs}')
+      f'--parallel_runs must be at least 1, got {FLAGS.parallel_runs}'
+    )
   return 1 if FLAGS.multihost else FLAGS.parallel_runs
 
 
@@ -69,7 +83,8 @@ def parse_percentiles(values: Sequence[str]) -> list[float]:
   """Reads ``--percentiles``; raises ``app.UsageError`` unless in [0, 100]."""
   if not values:
     raise app.UsageError(
-        '--percentiles must be one or more numbers in [0, 100], got none')
+      '--percentiles must be one or more numbers in [0, 100], got none'
+    )
   try:
     percentiles = [float(value) for value in values]
   except ValueError as error:
@@ -79,9 +94,12 @@ def parse_percentiles(values: Sequence[str]) -> list[float]:
   return percentiles
 
 
-def run_config(config: ml_collections.ConfigDict, workdir: pathlib.Path,
-               percentile: float,
-               seed: int | None = None) -> ml_collections.ConfigDict:
+def run_config(
+  config: ml_collections.ConfigDict,
+  workdir: pathlib.Path,
+  percentile: float,
+  seed: int | None = None,
+) -> ml_collections.ConfigDict:
   """A copy of ``config`` for one run of a command that trains several.
 
   Args:
@@ -114,6 +132,8 @@ def errors_as_messages() -> Iterator[None]:
   """
   try:
     yield
-  except (workdirs.WorkdirInUseError,
-          checkpointing.DamagedCheckpointError) as error:
+  except (
+    workdirs.WorkdirInUseError,
+    checkpointing.DamagedCheckpointError,
+  ) as error:
     sys.exit(f'Error: {error}')

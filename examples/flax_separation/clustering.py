@@ -28,12 +28,16 @@ from examples.flax_separation import losses
 
 def _squared_distances(points, centroids):
   """`[N, D]` and `[K, D]` to `[N, K]` squared Euclidean distances."""
-  return (jnp.sum(points**2, axis=-1, keepdims=True)
-          - 2.0 * points @ centroids.T + jnp.sum(centroids**2, axis=-1))
+  return (
+    jnp.sum(points**2, axis=-1, keepdims=True)
+    - 2.0 * points @ centroids.T
+    + jnp.sum(centroids**2, axis=-1)
+  )
 
 
-def farthest_point_centroids(points: jax.Array, weights: jax.Array,
-                             num_clusters: int) -> jax.Array:
+def farthest_point_centroids(
+  points: jax.Array, weights: jax.Array, num_clusters: int
+) -> jax.Array:
   """Deterministic seeding: the heaviest point, then the farthest ones.
 
   The first centroid is the point of largest weight; each next one is the
@@ -55,8 +59,12 @@ def farthest_point_centroids(points: jax.Array, weights: jax.Array,
   return jnp.stack(centroids)
 
 
-def weighted_kmeans(points: jax.Array, weights: jax.Array, num_clusters: int,
-                    num_iterations: int = 20) -> tuple[jax.Array, jax.Array]:
+def weighted_kmeans(
+  points: jax.Array,
+  weights: jax.Array,
+  num_clusters: int,
+  num_iterations: int = 20,
+) -> tuple[jax.Array, jax.Array]:
   """Lloyd's k-means with weighted points and a fixed number of iterations.
 
   Each iteration assigns every point to its nearest centroid and moves each
@@ -73,24 +81,30 @@ def weighted_kmeans(points: jax.Array, weights: jax.Array, num_clusters: int,
     `(assignments, centroids)`: the `[N]` cluster index of every point, its
     nearest final centroid, and the `[K, D]` centroids.
   """
+
   def assign(centroids):
     return jnp.argmin(_squared_distances(points, centroids), axis=-1)
 
   def update(_, centroids):
-    membership = jax.nn.one_hot(assign(centroids), num_clusters) * weights[
-        :, None]
+    membership = (
+      jax.nn.one_hot(assign(centroids), num_clusters) * weights[:, None]
+    )
     mass = jnp.sum(membership, axis=0)[:, None]
     means = membership.T @ points / jnp.where(mass > 0, mass, 1.0)
     return jnp.where(mass > 0, means, centroids)
 
   centroids = jax.lax.fori_loop(
-      0, num_iterations, update,
-      farthest_point_centroids(points, weights, num_clusters))
+    0,
+    num_iterations,
+    update,
+    farthest_point_centroids(points, weights, num_clusters),
+  )
   return assign(centroids), centroids
 
 
-def cluster_masks(embeddings: jax.Array, mixture_spec: jax.Array,
-                  num_sources: int = 2) -> jax.Array:
+def cluster_masks(
+  embeddings: jax.Array, mixture_spec: jax.Array, num_sources: int = 2
+) -> jax.Array:
   """Binary masks from k-means on each mixture's embeddings.
 
   Args:
@@ -106,7 +120,9 @@ def cluster_masks(embeddings: jax.Array, mixture_spec: jax.Array,
   batch_size, frames, freqs, embedding_dim = embeddings.shape
   weights = losses.magnitude_ratio_weights(mixture_spec)
   assignments, _ = jax.vmap(weighted_kmeans, in_axes=(0, 0, None))(
-      embeddings.reshape(batch_size, frames * freqs, embedding_dim),
-      weights.reshape(batch_size, frames * freqs), num_sources)
+    embeddings.reshape(batch_size, frames * freqs, embedding_dim),
+    weights.reshape(batch_size, frames * freqs),
+    num_sources,
+  )
   masks = jax.nn.one_hot(assignments, num_sources, axis=1)
   return masks.reshape(batch_size, num_sources, frames, freqs)

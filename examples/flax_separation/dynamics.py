@@ -51,9 +51,11 @@ from examples.flax_separation import workdirs
 FLAGS = flags.FLAGS
 
 
-def local_lipschitz(grad_fn: Callable[[optax.Params], optax.Updates],
-                    params_before: optax.Params,
-                    params_after: optax.Params) -> jax.Array:
+def local_lipschitz(
+  grad_fn: Callable[[optax.Params], optax.Updates],
+  params_before: optax.Params,
+  params_after: optax.Params,
+) -> jax.Array:
   """Estimates the gradient's Lipschitz constant along one step.
 
   Args:
@@ -74,29 +76,36 @@ def local_lipschitz(grad_fn: Callable[[optax.Params], optax.Updates],
     Santurkar et al., `How does batch normalization help optimization?
     <https://arxiv.org/abs/1805.11604>`_, 2018.
   """
-  gradient_change = optax.tree.norm(jax.tree.map(
-      jnp.subtract, grad_fn(params_after), grad_fn(params_before)))
-  step = optax.tree.norm(jax.tree.map(jnp.subtract, params_after,
-                                      params_before))
+  gradient_change = optax.tree.norm(
+    jax.tree.map(jnp.subtract, grad_fn(params_after), grad_fn(params_before))
+  )
+  step = optax.tree.norm(
+    jax.tree.map(jnp.subtract, params_after, params_before)
+  )
   return gradient_change / step
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5, 6))
-def _gradient(graphdef, params, rest, mixture, sources, loss_name,
-              chimera_alpha):
+def _gradient(
+  graphdef, params, rest, mixture, sources, loss_name, chimera_alpha
+):
   """The gradient of ``train.batch_loss`` at ``params``, on one batch.
 
   The input normalisation uses the batch's statistics, as in training; the
   running statistics it updates belong to a copy, and are dropped.
   """
-  return nnx.grad(lambda model: train.batch_loss(
-      model, mixture, sources, loss_name, chimera_alpha))(
-          nnx.merge(graphdef, params, rest))
+  return nnx.grad(
+    lambda model: train.batch_loss(
+      model, mixture, sources, loss_name, chimera_alpha
+    )
+  )(nnx.merge(graphdef, params, rest))
 
 
-def train_and_record(config: ml_collections.ConfigDict,
-                     workdir: str | pathlib.Path,
-                     record_every: int) -> pathlib.Path:
+def train_and_record(
+  config: ml_collections.ConfigDict,
+  workdir: str | pathlib.Path,
+  record_every: int,
+) -> pathlib.Path:
   """Trains with ``train.training_loop``, recording the dynamics.
 
   Nothing is checkpointed or evaluated: a run starts from scratch and
@@ -120,7 +129,8 @@ def train_and_record(config: ml_collections.ConfigDict,
   utterances = input_pipeline.load_splits(config, workdir)['train']
   model = train.create_model(config)
   optimizer = train.create_optimizer(
-      model, config, input_pipeline.num_training_steps(len(utterances), config))
+    model, config, input_pipeline.num_training_steps(len(utterances), config)
+  )
   path = workdir / f'dynamics_p{config.autoclip_percentile:g}.jsonl'
   # theta_{t-1} of the next recorded step t, as (graphdef, params, rest). A
   # clone: a split of the model itself would hold the Variables that
@@ -131,11 +141,21 @@ def train_and_record(config: ml_collections.ConfigDict,
       if (step.number - 1) % record_every == 0:
         graphdef, params_before, rest = before
         record = {key: float(value) for key, value in step.metrics.items()}
-        record['smoothness'] = float(local_lipschitz(
-            lambda params: _gradient(graphdef, params, rest, step.mixture,
-                                     step.sources, config.loss,
-                                     config.chimera_alpha),
-            params_before, nnx.state(model, nnx.Param)))
+        record['smoothness'] = float(
+          local_lipschitz(
+            lambda params: _gradient(
+              graphdef,
+              params,
+              rest,
+              step.mixture,
+              step.sources,
+              config.loss,
+              config.chimera_alpha,
+            ),
+            params_before,
+            nnx.state(model, nnx.Param),
+          )
+        )
         log.write(json.dumps({'step': step.number, **record}) + '\n')
       if step.number % record_every == 0:
         before = nnx.split(nnx.clone(model), nnx.Param, ...)
@@ -148,8 +168,9 @@ def log_log_pearson(x: np.ndarray, y: np.ndarray) -> float:
   return float(np.corrcoef(np.log(x[keep]), np.log(y[keep]))[0, 1])
 
 
-def plot_figure1(runs: Mapping[float, pathlib.Path], path: str | pathlib.Path,
-                 loss_title: str) -> None:
+def plot_figure1(
+  runs: Mapping[float, pathlib.Path], path: str | pathlib.Path, loss_title: str
+) -> None:
   """Draws the figure: step size, loss, and smoothness against grad norm.
 
   Args:
@@ -164,35 +185,56 @@ def plot_figure1(runs: Mapping[float, pathlib.Path], path: str | pathlib.Path,
     scatter_axis.sharex(scatter_axes[0])
     scatter_axis.sharey(scatter_axes[0])
   for index, ((percentile, log_path), scatter_axis) in enumerate(
-      zip(runs.items(), scatter_axes)):
+    zip(runs.items(), scatter_axes)
+  ):
     log = plots.read_jsonl(log_path)
     color = f'C{index}'
     label = f'p={percentile:g}' if percentile < 100 else 'no clipping'
-    step_axis.plot(log['step'], log['step_size'], color=color, linewidth=0.8,
-                   label=label)
+    step_axis.plot(
+      log['step'], log['step_size'], color=color, linewidth=0.8, label=label
+    )
     # The loss of single batches is noisy: a moving average over ~1/20 of
     # the run, over the faint raw values.
-    loss_axis.plot(log['step'], log['loss'], color=color, linewidth=0.5,
-                   alpha=0.3)
-    loss_axis.plot(*plots.moving_average(log['step'], log['loss'], 20),
-                   color=color, label=f'{label} (moving average)')
+    loss_axis.plot(
+      log['step'], log['loss'], color=color, linewidth=0.5, alpha=0.3
+    )
+    loss_axis.plot(
+      *plots.moving_average(log['step'], log['loss'], 20),
+      color=color,
+      label=f'{label} (moving average)',
+    )
     r = log_log_pearson(log['grad_norm'], log['smoothness'])
-    scatter_axis.scatter(log['grad_norm'], log['smoothness'], s=8,
-                         alpha=0.6, color=color, label=f'Pearson r = {r:.2f}')
+    scatter_axis.scatter(
+      log['grad_norm'],
+      log['smoothness'],
+      s=8,
+      alpha=0.6,
+      color=color,
+      label=f'Pearson r = {r:.2f}',
+    )
     if percentile < 100:
-      scatter_axis.axvline(log['threshold'][-1], color='k', linestyle='--',
-                           linewidth=1,
-                           label=f'final threshold {log["threshold"][-1]:.3g}')
-    scatter_axis.set(xscale='log', yscale='log', xlabel='gradient norm',
-                     ylabel='smoothness (local Lipschitz)',
-                     title=f'({"cdefghij"[index]}) {label}: smoothness vs '
-                     'grad norm')
+      scatter_axis.axvline(
+        log['threshold'][-1],
+        color='k',
+        linestyle='--',
+        linewidth=1,
+        label=f'final threshold {log["threshold"][-1]:.3g}',
+      )
+    scatter_axis.set(
+      xscale='log',
+      yscale='log',
+      xlabel='gradient norm',
+      ylabel='smoothness (local Lipschitz)',
+      title=f'({"cdefghij"[index]}) {label}: smoothness vs grad norm',
+    )
     # Labels at 2e-3, 3e-3, ... of a short log axis run into each other.
     scatter_axis.xaxis.set_minor_formatter(ticker.NullFormatter())
-  step_axis.set(title='(a) step size ||θ_t − θ_{t−1}||', xlabel='step',
-                yscale='log')
-  loss_axis.set(title='(b) training loss', xlabel='step',
-                ylabel=f'{loss_title} loss')
+  step_axis.set(
+    title='(a) step size ||θ_t − θ_{t−1}||', xlabel='step', yscale='log'
+  )
+  loss_axis.set(
+    title='(b) training loss', xlabel='step', ylabel=f'{loss_title} loss'
+  )
   for axis in axes:
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
@@ -210,25 +252,33 @@ def main(argv):
     runs = {}
     for percentile in percentiles:
       runs[percentile] = train_and_record(
-          cli.run_config(FLAGS.config, workdir, percentile), workdir,
-          FLAGS.record_every)
-    plot_figure1(runs, workdir / 'figure1.png',
-                 loss_registry.get(FLAGS.config.loss).title)
+        cli.run_config(FLAGS.config, workdir, percentile),
+        workdir,
+        FLAGS.record_every,
+      )
+    plot_figure1(
+      runs, workdir / 'figure1.png', loss_registry.get(FLAGS.config.loss).title
+    )
   for percentile, log_path in runs.items():
     log = plots.read_jsonl(log_path)
-    print(f'p={percentile:g}: {len(log["step"])} records, final loss '
-          f'{log["loss"][-1]:.4f}, Pearson r (log smoothness, log grad norm) '
-          f'{log_log_pearson(log["grad_norm"], log["smoothness"]):.2f}, '
-          f'final threshold {log["threshold"][-1]:.3g}')
+    print(
+      f'p={percentile:g}: {len(log["step"])} records, final loss '
+      f'{log["loss"][-1]:.4f}, Pearson r (log smoothness, log grad norm) '
+      f'{log_log_pearson(log["grad_norm"], log["smoothness"]):.2f}, '
+      f'final threshold {log["threshold"][-1]:.3g}'
+    )
   print(f'figure: {workdir / "figure1.png"}')
 
 
 if __name__ == '__main__':
-  cli.define_common_flags((10.0, 100.0),
-                          'AutoClip percentiles to train with, one run each')
+  cli.define_common_flags(
+    (10.0, 100.0), 'AutoClip percentiles to train with, one run each'
+  )
   flags.DEFINE_integer(
-      'record_every', 20,
-      'Record every this many steps (the paper: 20); a recorded step costs '
-      'two more gradients.',
-      lower_bound=1)
+    'record_every',
+    20,
+    'Record every this many steps (the paper: 20); a recorded step costs '
+    'two more gradients.',
+    lower_bound=1,
+  )
   app.run(main)

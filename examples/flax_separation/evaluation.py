@@ -26,8 +26,9 @@ EVAL_LENGTH_QUANTUM = 8 * spectral.SAMPLE_RATE
 
 
 @functools.partial(nnx.jit, static_argnames='loss_name')
-def separate(model: nnx.Module, mixture: jax.Array,
-             loss_name: str = 'mi') -> jax.Array:
+def separate(
+  model: nnx.Module, mixture: jax.Array, loss_name: str = 'mi'
+) -> jax.Array:
   """Separates with the loss's masks, resynthesised with the mixture phase.
 
   Args:
@@ -40,14 +41,16 @@ def separate(model: nnx.Module, mixture: jax.Array,
     ``[batch, 2, samples]``.
   """
   mixture_spectrogram = spectral.stft(mixture)
-  estimates = model(spectral.log_magnitude(mixture_spectrogram),
-                    use_running_average=True)
+  estimates = model(
+    spectral.log_magnitude(mixture_spectrogram), use_running_average=True
+  )
   masks = loss_registry.get(loss_name).masks_fn(estimates, mixture_spectrogram)
   return spectral.apply_masks(masks, mixture_spectrogram, mixture.shape[-1])
 
 
-def _separated_batches(model, split, batch_size, loss_name, mesh,
-                       num_mixtures=None) -> Iterator[tuple]:
+def _separated_batches(
+  model, split, batch_size, loss_name, mesh, num_mixtures=None
+) -> Iterator[tuple]:
   """``(batch, separated)`` of this process's rows, in split order.
 
   ``separated`` is ``[rows, 2, padded samples]``; with ``num_mixtures``,
@@ -57,20 +60,32 @@ def _separated_batches(model, split, batch_size, loss_name, mesh,
   longest = int(split.lengths.max())
   padded_length = -(-longest // EVAL_LENGTH_QUANTUM) * EVAL_LENGTH_QUANTUM
   batches = input_pipeline.evaluation_batches(
-      split, batch_size, padded_length, process_index=jax.process_index(),
-      process_count=jax.process_count())
-  num_batches = (None if num_mixtures is None
-                 else -(-num_mixtures // batch_size))
+    split,
+    batch_size,
+    padded_length,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+  num_batches = None if num_mixtures is None else -(-num_mixtures // batch_size)
   for number, batch in enumerate(batches):
     if number == num_batches:
       return
-    yield batch, sharding.process_rows(mesh, separate(
-        model, sharding.shard_batch(mesh, batch.mixture), loss_name))
+    yield (
+      batch,
+      sharding.process_rows(
+        mesh,
+        separate(model, sharding.shard_batch(mesh, batch.mixture), loss_name),
+      ),
+    )
 
 
-def evaluate(model: nnx.Module, split: input_pipeline.Split, batch_size: int,
-             loss_name: str = 'mi', mesh: jax.sharding.Mesh | None = None
-             ) -> tuple[np.ndarray, np.ndarray]:
+def evaluate(
+  model: nnx.Module,
+  split: input_pipeline.Split,
+  batch_size: int,
+  loss_name: str = 'mi',
+  mesh: jax.sharding.Mesh | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
   """Separates every mixture of a split; returns SI-SDR and SI-SDRi (dB).
 
   Args:
@@ -88,24 +103,33 @@ def evaluate(model: nnx.Module, split: input_pipeline.Split, batch_size: int,
   # [batch, row, (SI-SDR, SI-SDRi), source] of this process's rows; NaN for
   # the padding rows of the last batch.
   scores = np.full((-(-len(split) // batch_size), rows, 2, 2), np.nan)
-  for number, (batch, separated) in enumerate(_separated_batches(
-      model, split, batch_size, loss_name, mesh)):
+  for number, (batch, separated) in enumerate(
+    _separated_batches(model, split, batch_size, loss_name, mesh)
+  ):
     for row, utterance in enumerate(batch.utterances):
-      estimate = separated[row, :, :len(utterance.mixture)]
+      estimate = separated[row, :, : len(utterance.mixture)]
       scores[number, row] = (
-          metrics.permutation_resolved_si_sdr(estimate, utterance.sources),
-          metrics.si_sdr_improvement(estimate, utterance.sources,
-                                     utterance.mixture))
+        metrics.permutation_resolved_si_sdr(estimate, utterance.sources),
+        metrics.si_sdr_improvement(
+          estimate, utterance.sources, utterance.mixture
+        ),
+      )
   # [process, batch, row, ...] -> in split order, the padding rows dropped.
   every_process = np.asarray(multihost_utils.process_allgather(scores))
   in_order = np.swapaxes(every_process.reshape((-1,) + scores.shape), 0, 1)
-  in_order = in_order.reshape(-1, 2, 2)[:len(split)]
+  in_order = in_order.reshape(-1, 2, 2)[: len(split)]
   return in_order[:, 0], in_order[:, 1]
 
 
-def write_wavs(model: nnx.Module, split: input_pipeline.Split,
-               batch_size: int, loss_name: str, mesh: jax.sharding.Mesh,
-               directory: pathlib.Path, num_mixtures: int) -> None:
+def write_wavs(
+  model: nnx.Module,
+  split: input_pipeline.Split,
+  batch_size: int,
+  loss_name: str,
+  mesh: jax.sharding.Mesh,
+  directory: pathlib.Path,
+  num_mixtures: int,
+) -> None:
   """Writes the first mixtures of a split and their separated sources.
 
   Each mixture ``<name>`` gives ``<name>_mix.wav`` and
@@ -122,15 +146,22 @@ def write_wavs(model: nnx.Module, split: input_pipeline.Split,
     num_mixtures: how many mixtures to write.
   """
   directory.mkdir(exist_ok=True)
-  for batch, separated in _separated_batches(model, split, batch_size,
-                                             loss_name, mesh, num_mixtures):
+  for batch, separated in _separated_batches(
+    model, split, batch_size, loss_name, mesh, num_mixtures
+  ):
     for row, utterance in enumerate(batch.utterances):
       if batch.first + row >= num_mixtures:
         break
-      soundfile.write(directory / f'{utterance.name}_mix.wav',
-                      utterance.mixture, spectral.SAMPLE_RATE)
-      estimate = separated[row, :, :len(utterance.mixture)]
+      soundfile.write(
+        directory / f'{utterance.name}_mix.wav',
+        utterance.mixture,
+        spectral.SAMPLE_RATE,
+      )
+      estimate = separated[row, :, : len(utterance.mixture)]
       for index, signal in enumerate(estimate, start=1):
         peak = max(1.0, float(np.abs(signal).max()))
-        soundfile.write(directory / f'{utterance.name}_estimate{index}.wav',
-                        signal / peak, spectral.SAMPLE_RATE)
+        soundfile.write(
+          directory / f'{utterance.name}_estimate{index}.wav',
+          signal / peak,
+          spectral.SAMPLE_RATE,
+        )

@@ -54,8 +54,8 @@ DATASETS = ('espeak2mix', 'wsj0-2mix', 'libri2mix')
 # Split folders and mixture folder of each layout, tried in this order by
 # `load_split`: WSJ0-2mix's (which espeak2mix is written in), then Libri2Mix's.
 _LAYOUT_FOLDERS = (
-    (espeak2mix.SPLIT_FOLDERS, espeak2mix.MIXTURE_FOLDER),
-    ({'train': 'train-100', 'valid': 'dev', 'test': 'test'}, 'mix_clean'),
+  (espeak2mix.SPLIT_FOLDERS, espeak2mix.MIXTURE_FOLDER),
+  ({'train': 'train-100', 'valid': 'dev', 'test': 'test'}, 'mix_clean'),
 )
 
 # Batches read ahead of the step, and the threads reading them. A batch is
@@ -73,6 +73,7 @@ class Utterance(NamedTuple):
     mixture: float32 `[samples]`, the sum of the sources.
     sources: float32 `[2, samples]`, the first and second speaker.
   """
+
   name: str
   mixture: np.ndarray
   sources: np.ndarray
@@ -88,8 +89,9 @@ class Split(Sequence[Utterance]):
     lengths: int64 `[len(names)]`, samples of each mixture.
   """
 
-  def __init__(self, mixture_dir: pathlib.Path, names: Sequence[str],
-               lengths: np.ndarray):
+  def __init__(
+    self, mixture_dir: pathlib.Path, names: Sequence[str], lengths: np.ndarray
+  ):
     self.mixture_dir = mixture_dir
     self.names = tuple(names)
     self.lengths = np.asarray(lengths, np.int64)
@@ -101,16 +103,22 @@ class Split(Sequence[Utterance]):
     mixture, sources = self.excerpt(index, 0, int(self.lengths[index]))
     return Utterance(self.names[index], mixture, sources)
 
-  def paths(self, index: int) -> tuple[pathlib.Path, pathlib.Path,
-                                       pathlib.Path]:
+  def paths(
+    self, index: int
+  ) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
     """The mixture's file and its two sources'."""
     file_name = f'{self.names[index]}.wav'
-    return (self.mixture_dir / file_name,
-            *(self.mixture_dir.parent / folder / file_name
-              for folder in espeak2mix.SOURCE_FOLDERS))
+    return (
+      self.mixture_dir / file_name,
+      *(
+        self.mixture_dir.parent / folder / file_name
+        for folder in espeak2mix.SOURCE_FOLDERS
+      ),
+    )
 
-  def excerpt(self, index: int, start: int,
-              num_samples: int) -> tuple[np.ndarray, np.ndarray]:
+  def excerpt(
+    self, index: int, start: int, num_samples: int
+  ) -> tuple[np.ndarray, np.ndarray]:
     """Reads `num_samples` from `start`, zero-padded past the mixture's end.
 
     Args:
@@ -123,9 +131,10 @@ class Split(Sequence[Utterance]):
     """
     signals = np.zeros((3, num_samples), np.float32)
     for row, path in enumerate(self.paths(index)):
-      samples, _ = sf.read(path, start=start, frames=num_samples,
-                           dtype='float32', always_2d=True)
-      signals[row, :len(samples)] = samples[:, 0]
+      samples, _ = sf.read(
+        path, start=start, frames=num_samples, dtype='float32', always_2d=True
+      )
+      signals[row, : len(samples)] = samples[:, 0]
     return signals[0], signals[1:]
 
 
@@ -139,8 +148,9 @@ def _find_mixture_dir(root: pathlib.Path, split: str) -> pathlib.Path:
         return mixture_dir
       looked_for.append(str(mixture_dir))
   raise FileNotFoundError(
-      f'{root} holds no {split!r} split of WSJ0-2mix, espeak2mix or '
-      f'Libri2Mix; looked for {", ".join(looked_for)}')
+    f'{root} holds no {split!r} split of WSJ0-2mix, espeak2mix or '
+    f'Libri2Mix; looked for {", ".join(looked_for)}'
+  )
 
 
 def _mono_length(path: pathlib.Path) -> int:
@@ -151,8 +161,9 @@ def _mono_length(path: pathlib.Path) -> int:
     raise ValueError(f'{path} is not a readable audio file: {error}') from error
   if info.samplerate != spectral.SAMPLE_RATE:
     raise ValueError(
-        f'{path} has a sample rate of {info.samplerate} Hz; expected '
-        f'{spectral.SAMPLE_RATE}')
+      f'{path} has a sample rate of {info.samplerate} Hz; expected '
+      f'{spectral.SAMPLE_RATE}'
+    )
   if info.channels != 1:
     raise ValueError(f'{path} has {info.channels} channels; expected 1')
   return info.frames
@@ -164,15 +175,17 @@ def _checked_length(split: Split, index: int) -> int:
   for source_path in source_paths:
     if not source_path.is_file():
       raise FileNotFoundError(
-          f'{source_path} is missing; every mixture needs both sources, and '
-          f'{mixture_path} exists')
+        f'{source_path} is missing; every mixture needs both sources, and '
+        f'{mixture_path} exists'
+      )
   length = _mono_length(mixture_path)
   for source_path in source_paths:
     source_length = _mono_length(source_path)
     if source_length != length:
       raise ValueError(
-          f'{source_path} has {source_length} samples but its mixture '
-          f'{mixture_path} has {length}; expected equal lengths')
+        f'{source_path} has {source_length} samples but its mixture '
+        f'{mixture_path} has {length}; expected equal lengths'
+      )
   return length
 
 
@@ -209,9 +222,11 @@ def load_split(root: str | os.PathLike, split: str) -> Split:
     raise FileNotFoundError(f'{mixture_dir} holds no .wav files')
   listed = Split(mixture_dir, names, np.zeros(len(names), np.int64))
   listed.lengths[:] = [
-      _checked_length(listed, index)
-      for index in tqdm.trange(len(names), desc=f'checking {split}',
-                               unit='mixture', leave=False)]
+    _checked_length(listed, index)
+    for index in tqdm.trange(
+      len(names), desc=f'checking {split}', unit='mixture', leave=False
+    )
+  ]
   return listed
 
 
@@ -236,13 +251,16 @@ def steps_per_epoch(num_utterances: int, batch_size: int) -> int:
 def _local_batch_size(batch_size: int, process_count: int) -> int:
   """Rows of each batch one process reads."""
   if batch_size % process_count:
-    raise ValueError(f'batch_size ({batch_size}) must divide by the number of '
-                     f'processes ({process_count})')
+    raise ValueError(
+      f'batch_size ({batch_size}) must divide by the number of '
+      f'processes ({process_count})'
+    )
   return batch_size // process_count
 
 
-def _epoch_plan(lengths: np.ndarray, seed: int, epoch: int,
-                excerpt_samples: int) -> tuple[np.ndarray, np.ndarray]:
+def _epoch_plan(
+  lengths: np.ndarray, seed: int, epoch: int, excerpt_samples: int
+) -> tuple[np.ndarray, np.ndarray]:
   """The mixture and excerpt start of each position of an epoch."""
   rng = np.random.default_rng((seed, epoch))
   order = rng.permutation(len(lengths))
@@ -254,8 +272,14 @@ def _epoch_plan(lengths: np.ndarray, seed: int, epoch: int,
 
 
 def training_dataset(
-    split: Split, *, batch_size: int, excerpt_samples: int, seed: int,
-    num_epochs: int, process_index: int = 0, process_count: int = 1,
+  split: Split,
+  *,
+  batch_size: int,
+  excerpt_samples: int,
+  seed: int,
+  num_epochs: int,
+  process_index: int = 0,
+  process_count: int = 1,
 ) -> grain.MapDataset:
   """A run's training batches, one element per step, read when indexed.
 
@@ -290,31 +314,41 @@ def training_dataset(
   local_batch_size = _local_batch_size(batch_size, process_count)
   if excerpt_samples < 1:
     raise ValueError(
-        f'excerpt_samples must be at least 1, got {excerpt_samples}')
+      f'excerpt_samples must be at least 1, got {excerpt_samples}'
+    )
   if num_steps == 0:
-    raise ValueError(f'{len(split)} utterances do not fill one batch of '
-                     f'{batch_size}')
+    raise ValueError(
+      f'{len(split)} utterances do not fill one batch of {batch_size}'
+    )
   excerpts_per_epoch = num_steps * batch_size
   # Two epochs: the reading threads may straddle an epoch's end.
   plan = functools.lru_cache(maxsize=2)(
-      lambda epoch: _epoch_plan(split.lengths, seed, epoch, excerpt_samples))
+    lambda epoch: _epoch_plan(split.lengths, seed, epoch, excerpt_samples)
+  )
 
   def read_excerpt(position_in_run):
     epoch, position = divmod(position_in_run, excerpts_per_epoch)
     order, starts = plan(epoch)
-    return split.excerpt(int(order[position]), int(starts[position]),
-                         excerpt_samples)
+    return split.excerpt(
+      int(order[position]), int(starts[position]), excerpt_samples
+    )
 
-  return (grain.MapDataset.range(num_epochs * excerpts_per_epoch)
-          .map(read_excerpt)
-          .batch(local_batch_size, drop_remainder=True)
-          [process_index::process_count])
+  return (
+    grain.MapDataset.range(num_epochs * excerpts_per_epoch)
+    .map(read_excerpt)
+    .batch(local_batch_size, drop_remainder=True)[process_index::process_count]
+  )
 
 
 def _prefetched(dataset: grain.MapDataset) -> Iterator:
   """Iterates over `dataset`, reading ahead in background threads."""
-  return iter(dataset.to_iter_dataset(grain.ReadOptions(
-      num_threads=READ_THREADS, prefetch_buffer_size=PREFETCH_BATCHES)))
+  return iter(
+    dataset.to_iter_dataset(
+      grain.ReadOptions(
+        num_threads=READ_THREADS, prefetch_buffer_size=PREFETCH_BATCHES
+      )
+    )
+  )
 
 
 def excerpt_samples(config: ml_collections.ConfigDict) -> int:
@@ -323,8 +357,12 @@ def excerpt_samples(config: ml_collections.ConfigDict) -> int:
 
 
 def training_stream(
-    split: Split, config: ml_collections.ConfigDict, start_step: int = 0, *,
-    process_index: int = 0, process_count: int = 1,
+  split: Split,
+  config: ml_collections.ConfigDict,
+  start_step: int = 0,
+  *,
+  process_index: int = 0,
+  process_count: int = 1,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """Yields a run's training batches from step ``start_step`` to its end.
 
@@ -349,13 +387,18 @@ def training_stream(
       as `training_dataset` raises.
   """
   dataset = training_dataset(
-      split, batch_size=config.batch_size,
-      excerpt_samples=excerpt_samples(config), seed=config.seed,
-      num_epochs=config.num_epochs, process_index=process_index,
-      process_count=process_count)
+    split,
+    batch_size=config.batch_size,
+    excerpt_samples=excerpt_samples(config),
+    seed=config.seed,
+    num_epochs=config.num_epochs,
+    process_index=process_index,
+    process_count=process_count,
+  )
   if not 0 <= start_step <= len(dataset):
     raise ValueError(
-        f'start_step must be in [0, {len(dataset)}], got {start_step}')
+      f'start_step must be in [0, {len(dataset)}], got {start_step}'
+    )
   return _prefetched(dataset[start_step:])
 
 
@@ -368,14 +411,19 @@ class EvaluationBatch(NamedTuple):
       ``mixture`` in the split's last batch.
     mixture: float32 ``[rows, padded_length]``.
   """
+
   first: int
   utterances: list[Utterance]
   mixture: np.ndarray
 
 
 def evaluation_batches(
-    split: Split, batch_size: int, padded_length: int, *,
-    process_index: int = 0, process_count: int = 1,
+  split: Split,
+  batch_size: int,
+  padded_length: int,
+  *,
+  process_index: int = 0,
+  process_count: int = 1,
 ) -> Iterator[EvaluationBatch]:
   """Yields the split in order, in zero-padded batches, read ahead.
 
@@ -397,19 +445,21 @@ def evaluation_batches(
 
   def read_batch(batch_index):
     first = batch_index * batch_size + process_index * rows
-    utterances = [split[index]
-                  for index in range(first, min(first + rows, len(split)))]
+    utterances = [
+      split[index] for index in range(first, min(first + rows, len(split)))
+    ]
     mixture = np.zeros((rows, padded_length), np.float32)
     for row, utterance in enumerate(utterances):
-      mixture[row, :len(utterance.mixture)] = utterance.mixture
+      mixture[row, : len(utterance.mixture)] = utterance.mixture
     return EvaluationBatch(first, utterances, mixture)
 
   num_batches = -(-len(split) // batch_size)
   return _prefetched(grain.MapDataset.range(num_batches).map(read_batch))
 
 
-def load_splits(config: ml_collections.ConfigDict,
-                workdir: str | os.PathLike) -> dict[str, Split]:
+def load_splits(
+  config: ml_collections.ConfigDict, workdir: str | os.PathLike
+) -> dict[str, Split]:
   """Lists the data set ``config.dataset`` names, generating espeak2mix first.
 
   Args:
@@ -427,22 +477,28 @@ def load_splits(config: ml_collections.ConfigDict,
   """
   if config.dataset == 'espeak2mix':
     root = espeak2mix.generate(
-        config.data_dir or pathlib.Path(workdir) / 'data',
-        num_train=config.num_train, num_valid=config.num_valid,
-        num_test=config.num_test, seed=config.data_seed)
+      config.data_dir or pathlib.Path(workdir) / 'data',
+      num_train=config.num_train,
+      num_valid=config.num_valid,
+      num_test=config.num_test,
+      seed=config.data_seed,
+    )
   elif config.dataset in DATASETS:
     if not config.data_dir:
-      raise ValueError(f'config.data_dir must point at the {config.dataset} '
-                       'copy (the folder holding wav8k/min)')
+      raise ValueError(
+        f'config.data_dir must point at the {config.dataset} '
+        'copy (the folder holding wav8k/min)'
+      )
     root = config.data_dir
   else:
-    raise ValueError(f'config.dataset must be {", ".join(DATASETS)}, got '
-                     f'{config.dataset!r}')
+    raise ValueError(
+      f'config.dataset must be {", ".join(DATASETS)}, got {config.dataset!r}'
+    )
   return {split: load_split(root, split) for split in SPLITS}
 
 
-def num_training_steps(num_utterances: int,
-                       config: ml_collections.ConfigDict) -> int:
+def num_training_steps(
+  num_utterances: int, config: ml_collections.ConfigDict
+) -> int:
   """Steps of a run: ``config.num_epochs`` of full batches."""
-  return (steps_per_epoch(num_utterances, config.batch_size)
-          * config.num_epochs)
+  return steps_per_epoch(num_utterances, config.batch_size) * config.num_epochs

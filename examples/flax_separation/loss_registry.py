@@ -26,6 +26,7 @@ class Targets(NamedTuple):
     source_spectrograms: complex `[batch, 2, frames, freqs]`.
     sources: float32 `[batch, 2, samples]`, the reference waveforms.
   """
+
   mixture_spectrogram: jax.Array
   source_spectrograms: jax.Array
   sources: jax.Array
@@ -42,6 +43,7 @@ class Loss(NamedTuple):
     masks_fn: `(estimates, mixture_spectrogram) -> masks [batch, 2, frames,
       freqs]`, how a trained network separates.
   """
+
   title: str
   heads: tuple[str, ...]
   loss_fn: Callable[[models.Estimates, Targets, float], jax.Array]
@@ -59,49 +61,60 @@ def _clustered_embeddings(estimates, mixture_spectrogram):
 
 def _mask_inference(estimates, targets, chimera_alpha):
   del chimera_alpha
-  return losses.psa_mask_loss(estimates.masks, targets.mixture_spectrogram,
-                              targets.source_spectrograms)
+  return losses.psa_mask_loss(
+    estimates.masks, targets.mixture_spectrogram, targets.source_spectrograms
+  )
 
 
 def _deep_clustering(estimates, targets, chimera_alpha):
   del chimera_alpha
   return losses.deep_clustering_loss(
-      estimates.embeddings, targets.mixture_spectrogram,
-      targets.source_spectrograms)
+    estimates.embeddings,
+    targets.mixture_spectrogram,
+    targets.source_spectrograms,
+  )
 
 
 def _whitened_kmeans(estimates, targets, chimera_alpha):
   del chimera_alpha
   return losses.whitened_kmeans_loss(
-      estimates.embeddings, targets.mixture_spectrogram,
-      targets.source_spectrograms)
+    estimates.embeddings,
+    targets.mixture_spectrogram,
+    targets.source_spectrograms,
+  )
 
 
 def _chimera(estimates, targets, chimera_alpha):
   return losses.chimera_loss(
-      estimates.masks, estimates.embeddings, targets.mixture_spectrogram,
-      targets.source_spectrograms, chimera_alpha)
+    estimates.masks,
+    estimates.embeddings,
+    targets.mixture_spectrogram,
+    targets.source_spectrograms,
+    chimera_alpha,
+  )
 
 
 def _snr(estimates, targets, chimera_alpha):
   del chimera_alpha
   return losses.snr_loss(
-      spectral.apply_masks(estimates.masks, targets.mixture_spectrogram,
-                           targets.sources.shape[-1]),
-      targets.sources)
+    spectral.apply_masks(
+      estimates.masks, targets.mixture_spectrogram, targets.sources.shape[-1]
+    ),
+    targets.sources,
+  )
 
 
 # ``config.loss``: AutoClip's eqs. 4 to 8, in the order of its Table 1.
 LOSSES = {
-    'mi': Loss('Mask inference', ('masks',), _mask_inference,
-               _mask_head),
-    'dc': Loss('Deep clustering', ('embeddings',), _deep_clustering,
-               _clustered_embeddings),
-    'wkm': Loss('Whitened k-means', ('embeddings',),
-                _whitened_kmeans, _clustered_embeddings),
-    'chimera': Loss('Chimera', ('masks', 'embeddings'), _chimera,
-                    _mask_head),
-    'snr': Loss('SNR', ('masks',), _snr, _mask_head),
+  'mi': Loss('Mask inference', ('masks',), _mask_inference, _mask_head),
+  'dc': Loss(
+    'Deep clustering', ('embeddings',), _deep_clustering, _clustered_embeddings
+  ),
+  'wkm': Loss(
+    'Whitened k-means', ('embeddings',), _whitened_kmeans, _clustered_embeddings
+  ),
+  'chimera': Loss('Chimera', ('masks', 'embeddings'), _chimera, _mask_head),
+  'snr': Loss('SNR', ('masks',), _snr, _mask_head),
 }
 
 
@@ -112,6 +125,7 @@ def get(name: str) -> Loss:
     ValueError: if ``name`` is not a key of ``LOSSES``.
   """
   if name not in LOSSES:
-    raise ValueError(f'config.loss must be one of {", ".join(LOSSES)}, got '
-                     f'{name!r}')
+    raise ValueError(
+      f'config.loss must be one of {", ".join(LOSSES)}, got {name!r}'
+    )
   return LOSSES[name]

@@ -64,7 +64,8 @@ def permutation_invariant(pairwise_losses: jax.Array) -> jax.Array:
 
 
 def truncated_phase_sensitive_target(
-    mixture_spec: jax.Array, source_specs: jax.Array) -> jax.Array:
+  mixture_spec: jax.Array, source_specs: jax.Array
+) -> jax.Array:
   """Returns `T_0^{|X|}(|S_c| cos(angle(S_c) - angle(X)))`.
 
   The phase-sensitive approximation projects each source onto the mixture's
@@ -82,12 +83,13 @@ def truncated_phase_sensitive_target(
   # |S| cos(angle(S) - angle(X)) = Re(S conj(X)) / |X|, without the atan2s of
   # `jnp.angle` (7% of a CPU training step); where |X| = 0 the clip gives 0.
   projection = jnp.real(source_specs * jnp.conj(mixture_spec)) / jnp.maximum(
-      mixture_magnitude, jnp.finfo(mixture_magnitude.dtype).tiny)
+    mixture_magnitude, jnp.finfo(mixture_magnitude.dtype).tiny
+  )
   return jnp.clip(projection, 0.0, mixture_magnitude)
 
 
 def psa_mask_loss(
-    masks: jax.Array, mixture_spec: jax.Array, source_specs: jax.Array
+  masks: jax.Array, mixture_spec: jax.Array, source_specs: jax.Array
 ) -> jax.Array:
   """Permutation-invariant truncated phase-sensitive approximation L1 loss.
 
@@ -108,7 +110,8 @@ def psa_mask_loss(
   estimates = masks * jnp.abs(mixture_spec)[:, None]
   targets = truncated_phase_sensitive_target(mixture_spec, source_specs)
   pairwise_losses = jnp.mean(
-      jnp.abs(estimates[:, :, None] - targets[:, None, :]), axis=(-2, -1))
+    jnp.abs(estimates[:, :, None] - targets[:, None, :]), axis=(-2, -1)
+  )
   return jnp.mean(permutation_invariant(pairwise_losses))
 
 
@@ -161,7 +164,7 @@ def _weighted_gram_matrices(embeddings, mixture_spec, source_specs):
 
 
 def deep_clustering_loss(
-    embeddings: jax.Array, mixture_spec: jax.Array, source_specs: jax.Array
+  embeddings: jax.Array, mixture_spec: jax.Array, source_specs: jax.Array
 ) -> jax.Array:
   """Weighted deep clustering loss `L_DC` (AutoClip eq. 5).
 
@@ -185,16 +188,21 @@ def deep_clustering_loss(
     A scalar loss, the mean over the batch.
   """
   vwv, vwy, ywy = _weighted_gram_matrices(
-      embeddings, mixture_spec, source_specs)
-  per_mixture = (jnp.sum(vwv**2, axis=(-2, -1))
-                 - 2.0 * jnp.sum(vwy**2, axis=(-2, -1))
-                 + jnp.sum(ywy**2, axis=(-2, -1)))
+    embeddings, mixture_spec, source_specs
+  )
+  per_mixture = (
+    jnp.sum(vwv**2, axis=(-2, -1))
+    - 2.0 * jnp.sum(vwy**2, axis=(-2, -1))
+    + jnp.sum(ywy**2, axis=(-2, -1))
+  )
   return jnp.mean(per_mixture)
 
 
 def whitened_kmeans_loss(
-    embeddings: jax.Array, mixture_spec: jax.Array, source_specs: jax.Array,
-    ridge: float = 1e-4,
+  embeddings: jax.Array,
+  mixture_spec: jax.Array,
+  source_specs: jax.Array,
+  ridge: float = 1e-4,
 ) -> jax.Array:
   """Weighted whitened k-means loss `L_WKM` (AutoClip eq. 6).
 
@@ -222,7 +230,8 @@ def whitened_kmeans_loss(
     A scalar loss, the mean over the batch.
   """
   vwv, vwy, ywy = _weighted_gram_matrices(
-      embeddings, mixture_spec, source_specs)
+    embeddings, mixture_spec, source_specs
+  )
   embedding_dim, num_sources = vwy.shape[-2:]
   whitened = jnp.linalg.solve(vwv + ridge * jnp.eye(embedding_dim), vwy)
   cluster_sizes_inverse = jnp.linalg.inv(ywy + ridge * jnp.eye(num_sources))
@@ -233,8 +242,11 @@ def whitened_kmeans_loss(
 
 
 def chimera_loss(
-    masks: jax.Array, embeddings: jax.Array, mixture_spec: jax.Array,
-    source_specs: jax.Array, alpha: float = 0.75,
+  masks: jax.Array,
+  embeddings: jax.Array,
+  mixture_spec: jax.Array,
+  source_specs: jax.Array,
+  alpha: float = 0.75,
 ) -> jax.Array:
   """Chimera loss `alpha L_MI + (1 - alpha) L_WKM` (AutoClip eq. 7).
 
@@ -249,13 +261,14 @@ def chimera_loss(
   Returns:
     A scalar loss.
   """
-  return (alpha * psa_mask_loss(masks, mixture_spec, source_specs)
-          + (1.0 - alpha) * whitened_kmeans_loss(
-              embeddings, mixture_spec, source_specs))
+  return alpha * psa_mask_loss(masks, mixture_spec, source_specs) + (
+    1.0 - alpha
+  ) * whitened_kmeans_loss(embeddings, mixture_spec, source_specs)
 
 
-def snr_loss(estimates: jax.Array, sources: jax.Array,
-             eps: float = 1e-8) -> jax.Array:
+def snr_loss(
+  estimates: jax.Array, sources: jax.Array, eps: float = 1e-8
+) -> jax.Array:
   """Permutation-invariant negative SNR of waveforms, `L_SNR` (eq. 8).
 
   `-10 log10(||s||^2 / ||s - s_hat||^2)` for each estimate `s_hat` and
@@ -273,7 +286,9 @@ def snr_loss(estimates: jax.Array, sources: jax.Array,
   """
   target_energy = jnp.sum(sources**2, axis=-1)[:, None, :]
   error_energy = jnp.sum(
-      (sources[:, None, :, :] - estimates[:, :, None, :])**2, axis=-1)
+    (sources[:, None, :, :] - estimates[:, :, None, :]) ** 2, axis=-1
+  )
   pairwise_losses = -10.0 * jnp.log10(
-      (target_energy + eps) / (error_energy + eps))
+    (target_energy + eps) / (error_energy + eps)
+  )
   return jnp.mean(permutation_invariant(pairwise_losses))

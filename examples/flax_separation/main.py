@@ -37,8 +37,13 @@ from examples.flax_separation import workdirs
 
 FLAGS = cli.FLAGS
 # What one row of the per-run table shows, as in each run's results.json.
-_RUN_FIELDS = ('test_si_sdri', 'test_si_sdr', 'best_valid_si_sdri', 'steps',
-               'train_seconds')
+_RUN_FIELDS = (
+  'test_si_sdri',
+  'test_si_sdr',
+  'best_valid_si_sdri',
+  'steps',
+  'train_seconds',
+)
 
 
 def _label(percentile: float) -> str:
@@ -51,8 +56,11 @@ def _mean_std(values: Sequence[float], sign: str = '') -> str:
   return f'{np.mean(values):{sign}.2f} ± {np.std(values, ddof=1):.2f}'
 
 
-def summarise(results: Mapping[tuple[float, int], dict],
-              percentiles: Sequence[float], seeds: Sequence[int]) -> dict:
+def summarise(
+  results: Mapping[tuple[float, int], dict],
+  percentiles: Sequence[float],
+  seeds: Sequence[int],
+) -> dict:
   """Test SI-SDRi per percentile over seeds, and paired differences.
 
   Args:
@@ -67,55 +75,101 @@ def summarise(results: Mapping[tuple[float, int], dict],
     reference's, per seed (same seed: same initialisation and data order).
   """
   reference = percentiles[-1]
-  scores = {_label(p): {seed: results[p, seed]['test_si_sdri']
-                        for seed in seeds} for p in percentiles}
+  scores = {
+    _label(p): {seed: results[p, seed]['test_si_sdri'] for seed in seeds}
+    for p in percentiles
+  }
   return {
-      'runs': {_label(p): {seed: {key: results[p, seed][key]
-                                  for key in _RUN_FIELDS} for seed in seeds}
-               for p in percentiles},
-      'test_si_sdri': scores,
-      'differences': {
-          f'{_label(p)} - {_label(reference)}': {
-              seed: scores[_label(p)][seed] - scores[_label(reference)][seed]
-              for seed in seeds}
-          for p in percentiles[:-1]},
+    'runs': {
+      _label(p): {
+        seed: {key: results[p, seed][key] for key in _RUN_FIELDS}
+        for seed in seeds
+      }
+      for p in percentiles
+    },
+    'test_si_sdri': scores,
+    'differences': {
+      f'{_label(p)} - {_label(reference)}': {
+        seed: scores[_label(p)][seed] - scores[_label(reference)][seed]
+        for seed in seeds
+      }
+      for p in percentiles[:-1]
+    },
   }
 
 
 def render(summary: dict, seeds: Sequence[int]) -> str:
   """The per-run table, the per-percentile table and the paired differences."""
   lines = markdown.table(
-      ['run', 'seed', 'test SI-SDRi (dB)', 'test SI-SDR (dB)',
-       'best valid SI-SDRi (dB)', 'steps', 'train time (s)'],
-      [[label, seed, f'{row["test_si_sdri"]:.2f}', f'{row["test_si_sdr"]:.2f}',
-        f'{row["best_valid_si_sdri"]:.2f}', row['steps'],
-        f'{row["train_seconds"]:.0f}']
-       for label, by_seed in summary['runs'].items()
-       for seed, row in by_seed.items()])
+    [
+      'run',
+      'seed',
+      'test SI-SDRi (dB)',
+      'test SI-SDR (dB)',
+      'best valid SI-SDRi (dB)',
+      'steps',
+      'train time (s)',
+    ],
+    [
+      [
+        label,
+        seed,
+        f'{row["test_si_sdri"]:.2f}',
+        f'{row["test_si_sdr"]:.2f}',
+        f'{row["best_valid_si_sdri"]:.2f}',
+        row['steps'],
+        f'{row["train_seconds"]:.0f}',
+      ]
+      for label, by_seed in summary['runs'].items()
+      for seed, row in by_seed.items()
+    ],
+  )
   seed_list = ', '.join(map(str, seeds))
-  lines += ['', f'Test SI-SDRi (dB) over seeds {seed_list}'
-            + (' (mean ± standard deviation)' if len(seeds) > 1 else '') + ':',
-            '', *markdown.table(
-                ['run', 'test SI-SDRi (dB)'],
-                [[label, _mean_std(list(by_seed.values()))]
-                 for label, by_seed in summary['test_si_sdri'].items()])]
+  lines += [
+    '',
+    f'Test SI-SDRi (dB) over seeds {seed_list}'
+    + (' (mean ± standard deviation)' if len(seeds) > 1 else '')
+    + ':',
+    '',
+    *markdown.table(
+      ['run', 'test SI-SDRi (dB)'],
+      [
+        [label, _mean_std(list(by_seed.values()))]
+        for label, by_seed in summary['test_si_sdri'].items()
+      ],
+    ),
+  ]
   differences = summary['differences']
   if differences:
-    rows = [[seed, *(f'{by_seed[seed]:+.2f}'
-                     for by_seed in differences.values())] for seed in seeds]
+    rows = [
+      [seed, *(f'{by_seed[seed]:+.2f}' for by_seed in differences.values())]
+      for seed in seeds
+    ]
     if len(seeds) > 1:
-      rows.append(['mean ± std', *(_mean_std(list(by_seed.values()), '+')
-                                   for by_seed in differences.values())])
-    lines += ['', 'Paired differences of test SI-SDRi (dB), seed by seed:', '',
-              *markdown.table(['seed', *differences], rows)]
+      rows.append(
+        [
+          'mean ± std',
+          *(
+            _mean_std(list(by_seed.values()), '+')
+            for by_seed in differences.values()
+          ),
+        ]
+      )
+    lines += [
+      '',
+      'Paired differences of test SI-SDRi (dB), seed by seed:',
+      '',
+      *markdown.table(['seed', *differences], rows),
+    ]
   return '\n'.join(lines) + '\n'
 
 
 def parse_seeds(values: Sequence[str]) -> list[int]:
   """Reads ``--seeds``; raises ``app.UsageError`` unless integers >= 0."""
   if not values or not all(value.strip().isdigit() for value in values):
-    raise app.UsageError('--seeds must be one or more non-negative integers, '
-                         f'got {values}')
+    raise app.UsageError(
+      f'--seeds must be one or more non-negative integers, got {values}'
+    )
   return [int(value) for value in values]
 
 
@@ -131,42 +185,62 @@ def main(argv):
     compare(workdir, percentiles, seeds, parallel_runs)
 
 
-def compare(workdir: pathlib.Path, percentiles: Sequence[float],
-            seeds: Sequence[int], parallel_runs: int) -> None:
+def compare(
+  workdir: pathlib.Path,
+  percentiles: Sequence[float],
+  seeds: Sequence[int],
+  parallel_runs: int,
+) -> None:
   """Trains the runs, prints the tables, then writes them and the plot."""
-  results = dict(runs.train_runs(
-      {(percentile, seed): (
+  results = dict(
+    runs.train_runs(
+      {
+        (percentile, seed): (
           cli.run_config(FLAGS.config, workdir, percentile, seed),
-          workdir / f'seed{seed}' / f'p{percentile:g}')
-       for seed in seeds for percentile in percentiles}, parallel_runs))
+          workdir / f'seed{seed}' / f'p{percentile:g}',
+        )
+        for seed in seeds
+        for percentile in percentiles
+      },
+      parallel_runs,
+    )
+  )
   summary = summarise(results, percentiles, seeds)
   print()
   print(render(summary, seeds))
   if len(seeds) == 1 and len(percentiles) > 1:
-    print('One seed cannot decide the comparison: with another seed (another '
-          'initialisation and batch order) the difference between the '
-          'percentiles can change sign. To compare over three seeds, run\n'
-          f'  python -m examples.flax_separation.main --workdir={workdir} '
-          '--seeds=0,1,2\n'
-          'which reuses the runs finished here.\n')
+    print(
+      'One seed cannot decide the comparison: with another seed (another '
+      'initialisation and batch order) the difference between the '
+      'percentiles can change sign. To compare over three seeds, run\n'
+      f'  python -m examples.flax_separation.main --workdir={workdir} '
+      '--seeds=0,1,2\n'
+      'which reuses the runs finished here.\n'
+    )
   # Written after the tables are printed: a work directory that cannot be
   # written to still shows the results of its finished runs.
   try:
     (workdir / 'comparison.json').write_text(json.dumps(summary, indent=2))
     plots.plot_runs(
-        {_label(p): workdir / f'seed{seeds[0]}' / f'p{p:g}'
-         for p in percentiles},
-        workdir / 'training_curves.png',
-        loss_registry.get(FLAGS.config.loss).title)
+      {_label(p): workdir / f'seed{seeds[0]}' / f'p{p:g}' for p in percentiles},
+      workdir / 'training_curves.png',
+      loss_registry.get(FLAGS.config.loss).title,
+    )
   except OSError as error:
     sys.exit(f'Error: the comparison above could not be saved: {error}')
   print(f'plots: {workdir / "training_curves.png"}')
 
 
 if __name__ == '__main__':
-  cli.define_common_flags((10.0, 100.0),
-                          'AutoClip percentiles to train with, one run each; '
-                          'the last is the reference of the differences')
-  flags.DEFINE_list('seeds', ['0'], 'Seeds (config.seed) to train each '
-                    'percentile with: initialisation and data order.')
+  cli.define_common_flags(
+    (10.0, 100.0),
+    'AutoClip percentiles to train with, one run each; '
+    'the last is the reference of the differences',
+  )
+  flags.DEFINE_list(
+    'seeds',
+    ['0'],
+    'Seeds (config.seed) to train each '
+    'percentile with: initialisation and data order.',
+  )
   app.run(main)

@@ -3,8 +3,11 @@
 from collections.abc import Iterable, Sequence
 
 
-def table(header: Sequence[str], rows: Iterable[Sequence[object]],
-          right_aligned: bool = False) -> list[str]:
+def table(
+  header: Sequence[str],
+  rows: Iterable[Sequence[object]],
+  right_aligned: bool = False,
+) -> list[str]:
   """The lines of a Markdown table.
 
   Args:
@@ -22,6 +25,8 @@ def table(header: Sequence[str], rows: Iterable[Sequence[object]],
     | p=10 | 2.69 |
   """
   rule = '---:|' if right_aligned else '---|'
-  return ['| ' + ' | '.join(header) + ' |',
-          '|---|' + rule * (len(header) - 1),
-          *('| ' + ' | '.join(map(str, row)) + ' |' for row in rows)]
+  return [
+    '| ' + ' | '.join(header) + ' |',
+    '|---|' + rule * (len(header) - 1),
+    *('| ' + ' | '.join(map(str, row)) + ' |' for row in rows),
+  ]

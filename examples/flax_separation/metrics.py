@@ -35,11 +35,13 @@ def si_sdr(estimate, target, *, zero_mean: bool = True) -> np.ndarray:
     estimate = estimate - estimate.mean(axis=-1, keepdims=True)
     target = target - target.mean(axis=-1, keepdims=True)
   scale = np.sum(estimate * target, axis=-1, keepdims=True) / np.sum(
-      target**2, axis=-1, keepdims=True)
+    target**2, axis=-1, keepdims=True
+  )
   scaled_target = scale * target
   distortion = estimate - scaled_target
   return 10.0 * np.log10(
-      np.sum(scaled_target**2, axis=-1) / np.sum(distortion**2, axis=-1))
+    np.sum(scaled_target**2, axis=-1) / np.sum(distortion**2, axis=-1)
+  )
 
 
 def permutation_resolved_si_sdr(estimates, targets) -> np.ndarray:
@@ -56,8 +58,8 @@ def permutation_resolved_si_sdr(estimates, targets) -> np.ndarray:
   # Rows are targets, so the scores of each permutation come out in target
   # order.
   pairwise = si_sdr(
-      np.asarray(estimates)[..., None, :, :],
-      np.asarray(targets)[..., :, None, :])
+    np.asarray(estimates)[..., None, :, :], np.asarray(targets)[..., :, None, :]
+  )
   scores = losses.scores_by_permutation(pairwise)
   best = np.argmax(scores.mean(axis=-1), axis=-1)
   return np.take_along_axis(scores, best[..., None, None], axis=-2)[..., 0, :]

@@ -35,7 +35,8 @@ def _lstm_cell(cell, gates, scale):
   """One LSTM step from pre-activation gates; also returns the activations."""
   activations = scale * jnp.tanh(scale * gates) + (1.0 - scale)
   input_gate, forget_gate, cell_gate, output_gate = jnp.split(
-      activations, 4, axis=-1)
+    activations, 4, axis=-1
+  )
   cell = forget_gate * cell + input_gate * cell_gate
   hidden = output_gate * jnp.tanh(cell)
   return cell, hidden, activations
@@ -54,7 +55,8 @@ def _lstm_recurrence_with_residuals(input_gates, recurrent_kernel):
     return (cell, hidden), (cell, hidden, activations)
 
   _, (cells, hiddens, activations) = jax.lax.scan(
-      step, (zeros, zeros), input_gates)
+    step, (zeros, zeros), input_gates
+  )
   return hiddens, (cells, hiddens, activations, recurrent_kernel)
 
 
@@ -97,30 +99,44 @@ def _lstm_recurrence_backward(residuals, hidden_grads):
     hidden_grad_from_next, cell_grad_from_next = carry
     hidden_grad_t, cell, previous_cell, activations_t = inputs
     input_gate, forget_gate, cell_gate, output_gate = jnp.split(
-        activations_t, 4, axis=-1)
+      activations_t, 4, axis=-1
+    )
     hidden_grad = hidden_grad_t + hidden_grad_from_next
     cell_tanh = jnp.tanh(cell)
-    cell_grad = (cell_grad_from_next
-                 + hidden_grad * output_gate * (1.0 - cell_tanh**2))
-    activation_grads = jnp.concatenate([
-        cell_grad * cell_gate, cell_grad * previous_cell,
-        cell_grad * input_gate, hidden_grad * cell_tanh], axis=-1)
+    cell_grad = cell_grad_from_next + hidden_grad * output_gate * (
+      1.0 - cell_tanh**2
+    )
+    activation_grads = jnp.concatenate(
+      [
+        cell_grad * cell_gate,
+        cell_grad * previous_cell,
+        cell_grad * input_gate,
+        hidden_grad * cell_tanh,
+      ],
+      axis=-1,
+    )
     gate_grads = activation_grads * (
-        scale**2 - (activations_t - 1.0 + scale)**2)
+      scale**2 - (activations_t - 1.0 + scale) ** 2
+    )
     previous_hidden_grad = jnp.einsum(
-        'dbg,dgh->dbh', gate_grads, transposed_kernel)
+      'dbg,dgh->dbh', gate_grads, transposed_kernel
+    )
     return (previous_hidden_grad, cell_grad * forget_gate), gate_grads
 
   zeros = jnp.zeros_like(cells[0])
   _, gate_grads = jax.lax.scan(
-      step, (zeros, zeros),
-      (hidden_grads, cells, previous_cells, activations), reverse=True)
+    step,
+    (zeros, zeros),
+    (hidden_grads, cells, previous_cells, activations),
+    reverse=True,
+  )
   kernel_grad = jnp.einsum('tdbh,tdbg->dhg', previous_hiddens, gate_grads)
   return gate_grads, kernel_grad
 
 
 lstm_recurrence.defvjp(
-    _lstm_recurrence_with_residuals, _lstm_recurrence_backward)
+  _lstm_recurrence_with_residuals, _lstm_recurrence_backward
+)
 
 
 class BidirectionalLSTM(nnx.Module):
@@ -149,9 +165,11 @@ class BidirectionalLSTM(nnx.Module):
     glorot = jax.nn.initializers.glorot_uniform(batch_axis=0)
     orthogonal = jax.nn.initializers.orthogonal()
     self.input_kernel = nnx.Param(
-        glorot(rngs.params(), (2, in_features, gates)))
+      glorot(rngs.params(), (2, in_features, gates))
+    )
     self.recurrent_kernel = nnx.Param(
-        orthogonal(rngs.params(), (2, hidden_size, gates)))
+      orthogonal(rngs.params(), (2, hidden_size, gates))
+    )
     forget_gate = slice(hidden_size, 2 * hidden_size)
     self.bias = nnx.Param(jnp.zeros((2, gates)).at[:, forget_gate].set(1.0))
 
@@ -172,20 +190,24 @@ class BidirectionalLSTM(nnx.Module):
     # about 2.1x faster than with `nnx.Bidirectional` over `nnx.RNN`s
     # (benchmarks/bench_blstm.py).
     both_directions = jnp.stack([inputs, inputs[::-1]])
-    input_gates = jnp.einsum(
-        'dtbi,dig->tdbg', both_directions, self.input_kernel[...]
-    ) + self.bias[...][:, None, :]
+    input_gates = (
+      jnp.einsum('dtbi,dig->tdbg', both_directions, self.input_kernel[...])
+      + self.bias[...][:, None, :]
+    )
     hidden_states = lstm_recurrence(input_gates, self.recurrent_kernel[...])
     return jnp.concatenate(
-        [hidden_states[:, _FORWARD], hidden_states[::-1, _BACKWARD]], axis=-1)
+      [hidden_states[:, _FORWARD], hidden_states[::-1, _BACKWARD]], axis=-1
+    )
 
 
 def _blstm_stack(num_freqs, hidden_size, num_layers, rngs):
   layer_inputs = [num_freqs] + [2 * hidden_size] * (num_layers - 1)
-  return nnx.List([
+  return nnx.List(
+    [
       BidirectionalLSTM(in_features, hidden_size, rngs=rngs)
       for in_features in layer_inputs
-  ])
+    ]
+  )
 
 
 def _run_blstm_stack(blstm_layers, log_magnitude):
@@ -216,6 +238,7 @@ class Estimates(NamedTuple):
     embeddings: `[batch, frames, freqs, embedding_dim]`, unit norm per
       time-frequency bin, or None without an embedding head.
   """
+
   masks: jax.Array | None
   embeddings: jax.Array | None
 
@@ -245,16 +268,16 @@ class BLSTMNet(nnx.Module):
   """
 
   def __init__(
-      self,
-      *,
-      heads: tuple[str, ...] = ('masks',),
-      num_freqs: int = spectral.NUM_FREQUENCIES,
-      hidden_size: int = 128,
-      num_layers: int = 2,
-      embedding_dim: int = 20,
-      num_sources: int = 2,
-      normalize_input: bool = True,
-      rngs: nnx.Rngs,
+    self,
+    *,
+    heads: tuple[str, ...] = ('masks',),
+    num_freqs: int = spectral.NUM_FREQUENCIES,
+    hidden_size: int = 128,
+    num_layers: int = 2,
+    embedding_dim: int = 20,
+    num_sources: int = 2,
+    normalize_input: bool = True,
+    rngs: nnx.Rngs,
   ):
     """Initialises the network.
 
@@ -281,18 +304,25 @@ class BLSTMNet(nnx.Module):
     # Two-pass variance: E[x^2] - E[x]^2 loses digits on log magnitudes
     # around -10, enough to make a step on 8 devices differ from 1 by 2e-4.
     self.input_normalization = (
-        nnx.BatchNorm(num_freqs, use_fast_variance=False, rngs=rngs)
-        if normalize_input else None)
+      nnx.BatchNorm(num_freqs, use_fast_variance=False, rngs=rngs)
+      if normalize_input
+      else None
+    )
     self.blstm_layers = _blstm_stack(num_freqs, hidden_size, num_layers, rngs)
     self.mask_layer = (
-        nnx.Linear(2 * hidden_size, num_sources * num_freqs, rngs=rngs)
-        if 'masks' in heads else None)
+      nnx.Linear(2 * hidden_size, num_sources * num_freqs, rngs=rngs)
+      if 'masks' in heads
+      else None
+    )
     self.embedding_layer = (
-        nnx.Linear(2 * hidden_size, num_freqs * embedding_dim, rngs=rngs)
-        if 'embeddings' in heads else None)
+      nnx.Linear(2 * hidden_size, num_freqs * embedding_dim, rngs=rngs)
+      if 'embeddings' in heads
+      else None
+    )
 
-  def __call__(self, log_magnitude: jax.Array, *,
-               use_running_average: bool = False) -> Estimates:
+  def __call__(
+    self, log_magnitude: jax.Array, *, use_running_average: bool = False
+  ) -> Estimates:
     """Estimates masks and/or embeddings from the log-magnitude spectrogram.
 
     Args:
@@ -306,19 +336,23 @@ class BLSTMNet(nnx.Module):
     """
     if self.input_normalization is not None:
       log_magnitude = self.input_normalization(
-          log_magnitude, use_running_average=use_running_average)
+        log_magnitude, use_running_average=use_running_average
+      )
     features = _run_blstm_stack(self.blstm_layers, log_magnitude)
     masks = embeddings = None
     if self.mask_layer is not None:
-      masks = _sigmoid_masks(self.mask_layer, features, self.num_sources,
-                             self.num_freqs)
+      masks = _sigmoid_masks(
+        self.mask_layer, features, self.num_sources, self.num_freqs
+      )
     if self.embedding_layer is not None:
       embeddings = jax.nn.sigmoid(self.embedding_layer(features))
       frames, batch_size = features.shape[:2]
       embeddings = embeddings.reshape(
-          frames, batch_size, self.num_freqs, self.embedding_dim)
+        frames, batch_size, self.num_freqs, self.embedding_dim
+      )
       # The small floor keeps the normalisation's gradient finite at zero.
       embeddings = embeddings / jnp.sqrt(
-          jnp.sum(embeddings**2, axis=-1, keepdims=True) + 1e-12)
+        jnp.sum(embeddings**2, axis=-1, keepdims=True) + 1e-12
+      )
       embeddings = jnp.swapaxes(embeddings, 0, 1)
     return Estimates(masks, embeddings)

@@ -26,12 +26,19 @@ from examples.flax_separation import train
 # work directory) and how often its loop fetches metrics.
 _RESULT_NEUTRAL_SETTINGS = ('data_dir', 'log_every_steps')
 # What `input_pipeline.load_splits` reads of a config.
-_DATA_SETTINGS = ('dataset', 'data_dir', 'num_train', 'num_valid', 'num_test',
-                  'data_seed')
+_DATA_SETTINGS = (
+  'dataset',
+  'data_dir',
+  'num_train',
+  'num_valid',
+  'num_test',
+  'data_seed',
+)
 
 
-def finished_results(directory: str | pathlib.Path,
-                     config: ml_collections.ConfigDict) -> dict | None:
+def finished_results(
+  directory: str | pathlib.Path, config: ml_collections.ConfigDict
+) -> dict | None:
   """Returns a run's ``results.json`` if it was written with ``config``.
 
   Settings that do not change the results (``_RESULT_NEUTRAL_SETTINGS``)
@@ -46,24 +53,32 @@ def finished_results(directory: str | pathlib.Path,
     return None
 
   def identity(settings):
-    return {key: value for key, value in settings.items()
-            if key not in _RESULT_NEUTRAL_SETTINGS}
+    return {
+      key: value
+      for key, value in settings.items()
+      if key not in _RESULT_NEUTRAL_SETTINGS
+    }
 
   # Compared through JSON, as written (tuples become lists).
   expected = json.loads(json.dumps(config.to_dict()))
-  return (results if identity(results.get('config', {})) == identity(expected)
-          else None)
+  return (
+    results
+    if identity(results.get('config', {})) == identity(expected)
+    else None
+  )
 
 
 def _train_and_evaluate(run):
   key, config, directory, progress_bar_position = run
   return key, train.train_and_evaluate(
-      config, directory, progress_bar_position=progress_bar_position)
+    config, directory, progress_bar_position=progress_bar_position
+  )
 
 
-def train_runs(runs: Mapping[Hashable, tuple[ml_collections.ConfigDict,
-                                              pathlib.Path]],
-               parallel_runs: int = 1) -> Iterator[tuple[Hashable, dict]]:
+def train_runs(
+  runs: Mapping[Hashable, tuple[ml_collections.ConfigDict, pathlib.Path]],
+  parallel_runs: int = 1,
+) -> Iterator[tuple[Hashable, dict]]:
   """Trains several runs, ``parallel_runs`` at once, skipping finished ones.
 
   Every config is checked (``configs.validate``) before any data is generated
@@ -96,8 +111,10 @@ def train_runs(runs: Mapping[Hashable, tuple[ml_collections.ConfigDict,
       continue
     # The runs may share a data set: it is generated here, once.
     # Without a data_dir, espeak2mix goes under the run's own directory.
-    data = (tuple(config[field] for field in _DATA_SETTINGS),
-            None if config.data_dir else directory)
+    data = (
+      tuple(config[field] for field in _DATA_SETTINGS),
+      None if config.data_dir else directory,
+    )
     if data not in prepared_data:
       input_pipeline.load_splits(config, directory)
       prepared_data.add(data)
@@ -110,6 +127,9 @@ def train_runs(runs: Mapping[Hashable, tuple[ml_collections.ConfigDict,
   # Leaving the block on an error terminates the processes still training.
   with multiprocessing.get_context('spawn').Pool(num_processes) as pool:
     yield from pool.imap_unordered(
-        _train_and_evaluate,
-        [(key, *runs[key], index % num_processes)
-         for index, key in enumerate(to_train)])
+      _train_and_evaluate,
+      [
+        (key, *runs[key], index % num_processes)
+        for index, key in enumerate(to_train)
+      ],
+    )

@@ -21,12 +21,14 @@ import numpy as np
 BATCH = PartitionSpec('data')
 
 
-def data_parallel_mesh(devices: Sequence[jax.Device] | None = None
-                       ) -> jax.sharding.Mesh:
+def data_parallel_mesh(
+  devices: Sequence[jax.Device] | None = None,
+) -> jax.sharding.Mesh:
   """A one-axis mesh, ``data``, over ``devices`` (every device by default)."""
   devices = jax.devices() if devices is None else list(devices)
-  return jax.make_mesh((len(devices),), ('data',),
-                       axis_types=(AxisType.Auto,), devices=devices)
+  return jax.make_mesh(
+    (len(devices),), ('data',), axis_types=(AxisType.Auto,), devices=devices
+  )
 
 
 def replicate(mesh: jax.sharding.Mesh, *modules: nnx.Module) -> None:
@@ -36,8 +38,9 @@ def replicate(mesh: jax.sharding.Mesh, *modules: nnx.Module) -> None:
   AutoClip's window included, the same on every device.
   """
   state = nnx.state(modules)
-  nnx.update(modules, jax.device_put(state, NamedSharding(mesh,
-                                                          PartitionSpec())))
+  nnx.update(
+    modules, jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
+  )
 
 
 def shard_batch(mesh: jax.sharding.Mesh, local_rows):
@@ -53,11 +56,13 @@ def shard_batch(mesh: jax.sharding.Mesh, local_rows):
   """
   sharding = NamedSharding(mesh, BATCH)
   return jax.tree.map(
-      lambda rows: jax.make_array_from_process_local_data(sharding, rows),
-      local_rows)
+    lambda rows: jax.make_array_from_process_local_data(sharding, rows),
+    local_rows,
+  )
 
 
 def process_rows(mesh: jax.sharding.Mesh, batch: jax.Array) -> np.ndarray:
   """The rows of ``batch`` on this process's devices, as one NumPy array."""
-  return np.asarray(multihost_utils.global_array_to_host_local_array(
-      batch, mesh, BATCH))
+  return np.asarray(
+    multihost_utils.global_array_to_host_local_array(batch, mesh, BATCH)
+  )

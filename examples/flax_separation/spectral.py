@@ -64,8 +64,9 @@ def stft(waveform: jax.Array) -> jax.Array:
   """
   waveform = jnp.asarray(waveform, jnp.float32)
   frame_count = num_frames(waveform.shape[-1])
-  right_padding = (_padded_length(frame_count) - _EDGE_PADDING
-                   - waveform.shape[-1])
+  right_padding = (
+    _padded_length(frame_count) - _EDGE_PADDING - waveform.shape[-1]
+  )
   padding = [(0, 0)] * (waveform.ndim - 1) + [(_EDGE_PADDING, right_padding)]
   padded = jnp.pad(waveform, padding)
   frames = padded[..., _frame_indices(frame_count)] * sqrt_hann_window()
@@ -75,8 +76,9 @@ def stft(waveform: jax.Array) -> jax.Array:
 def _overlap_add(frames: jax.Array) -> jax.Array:
   """Sums `[..., frames, WINDOW_LENGTH]` windows at their hop positions."""
   frame_count = frames.shape[-2]
-  output = jnp.zeros(frames.shape[:-2] + (_padded_length(frame_count),),
-                     frames.dtype)
+  output = jnp.zeros(
+    frames.shape[:-2] + (_padded_length(frame_count),), frames.dtype
+  )
   return output.at[..., _frame_indices(frame_count)].add(frames)
 
 
@@ -89,8 +91,9 @@ def _squared_window_sum(frame_count: int) -> np.ndarray:
   """
   indices = _frame_indices(frame_count)
   window_sum = np.zeros(_padded_length(frame_count), np.float32)
-  np.add.at(window_sum, indices,
-            np.broadcast_to(sqrt_hann_window()**2, indices.shape))
+  np.add.at(
+    window_sum, indices, np.broadcast_to(sqrt_hann_window() ** 2, indices.shape)
+  )
   return window_sum
 
 
@@ -108,8 +111,9 @@ def istft(spectrogram: jax.Array, length: int) -> jax.Array:
   Returns:
     A float32 array `[..., length]`.
   """
-  frames = (jnp.fft.irfft(spectrogram, n=WINDOW_LENGTH, axis=-1)
-            * sqrt_hann_window())
+  frames = (
+    jnp.fft.irfft(spectrogram, n=WINDOW_LENGTH, axis=-1) * sqrt_hann_window()
+  )
   signal = _overlap_add(frames.astype(jnp.float32))
   window_sum = _squared_window_sum(spectrogram.shape[-2])
   # Cut the padding first: its first sample has a window sum of exactly 0,
@@ -119,8 +123,9 @@ def istft(spectrogram: jax.Array, length: int) -> jax.Array:
   return signal[..., kept] / window_sum[kept]
 
 
-def apply_masks(masks: jax.Array, mixture_spectrogram: jax.Array,
-                length: int) -> jax.Array:
+def apply_masks(
+  masks: jax.Array, mixture_spectrogram: jax.Array, length: int
+) -> jax.Array:
   """Masks the mixture, keeps its phase, and inverts the STFT.
 
   Args:

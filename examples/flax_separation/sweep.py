@@ -32,13 +32,22 @@ FLAGS = flags.FLAGS
 PAPER_PERCENTILES = (0.0, 1.0, 10.0, 25.0, 50.0, 90.0, 100.0)
 # Config fields that vary per cell or only affect bookkeeping; the rest are
 # the sweep's settings, listed above the table.
-_PER_CELL_FIELDS = ('loss', 'autoclip_percentile', 'data_dir',
-                    'checkpoint_every_steps', 'eval_batch_size',
-                    'num_example_wavs')
+_PER_CELL_FIELDS = (
+  'loss',
+  'autoclip_percentile',
+  'data_dir',
+  'checkpoint_every_steps',
+  'eval_batch_size',
+  'num_example_wavs',
+)
 
 
-def cell_config(config: ml_collections.ConfigDict, workdir: pathlib.Path,
-                loss: str, percentile: float) -> ml_collections.ConfigDict:
+def cell_config(
+  config: ml_collections.ConfigDict,
+  workdir: pathlib.Path,
+  loss: str,
+  percentile: float,
+) -> ml_collections.ConfigDict:
   """Returns ``config`` set up for one cell of the sweep.
 
   Args:
@@ -58,39 +67,61 @@ def cell_config(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   return config
 
 
-def cell_dir(workdir: pathlib.Path, loss: str, percentile: float
-             ) -> pathlib.Path:
+def cell_dir(
+  workdir: pathlib.Path, loss: str, percentile: float
+) -> pathlib.Path:
   return pathlib.Path(workdir) / loss / f'p{percentile:g}'
 
 
 def _settings(config: ml_collections.ConfigDict) -> str:
-  return ', '.join(f'`{key}={value}`' for key, value in config.items()
-                   if key not in _PER_CELL_FIELDS)
+  return ', '.join(
+    f'`{key}={value}`'
+    for key, value in config.items()
+    if key not in _PER_CELL_FIELDS
+  )
 
 
 def _percentile_header(percentile: float) -> str:
   return 'no clipping (p=100)' if percentile == 100 else f'p={percentile:g}'
 
 
-def _table(metric: str, losses: Sequence[str], percentiles: Sequence[float],
-           results: Mapping[tuple[str, float], dict]) -> list[str]:
+def _table(
+  metric: str,
+  losses: Sequence[str],
+  percentiles: Sequence[float],
+  results: Mapping[tuple[str, float], dict],
+) -> list[str]:
   """Markdown rows of one metric, the best finished cell of a row in bold."""
   rows = []
   for loss in losses:
-    values = {p: results[loss, p][metric] for p in percentiles
-              if (loss, p) in results}
+    values = {
+      p: results[loss, p][metric] for p in percentiles if (loss, p) in results
+    }
     best = max(values.values(), default=None)
-    rows.append([f'{loss_registry.LOSSES[loss].title} ({loss})', *(
-        '–' if p not in values else
-        f'**{values[p]:.2f}**' if values[p] == best and len(values) > 1
-        else f'{values[p]:.2f}' for p in percentiles)])
-  return markdown.table(['loss', *map(_percentile_header, percentiles)], rows,
-                        right_aligned=True)
+    rows.append(
+      [
+        f'{loss_registry.LOSSES[loss].title} ({loss})',
+        *(
+          '–'
+          if p not in values
+          else f'**{values[p]:.2f}**'
+          if values[p] == best and len(values) > 1
+          else f'{values[p]:.2f}'
+          for p in percentiles
+        ),
+      ]
+    )
+  return markdown.table(
+    ['loss', *map(_percentile_header, percentiles)], rows, right_aligned=True
+  )
 
 
-def render_table1(config: ml_collections.ConfigDict, losses: Sequence[str],
-                  percentiles: Sequence[float],
-                  results: Mapping[tuple[str, float], dict]) -> str:
+def render_table1(
+  config: ml_collections.ConfigDict,
+  losses: Sequence[str],
+  percentiles: Sequence[float],
+  results: Mapping[tuple[str, float], dict],
+) -> str:
   """Lays the sweep out as the paper's Table 1, in Markdown.
 
   Args:
@@ -106,27 +137,31 @@ def render_table1(config: ml_collections.ConfigDict, losses: Sequence[str],
   steps = sorted({r['steps'] for r in results.values()})
   num_test = sorted({r['num_test_mixtures'] for r in results.values()})
   lines = [
-      f'Settings: {_settings(config)}.',
-      '',
-      f'{len(results)} of {len(losses) * len(percentiles)} cells finished; '
-      f'training steps per cell: {", ".join(map(str, steps)) or "–"}; '
-      f'test mixtures: {", ".join(map(str, num_test)) or "–"}. '
-      'The best cell of each row is in bold.',
-      '',
-      'Test SI-SDR (dB):',
-      '',
-      *_table('test_si_sdr', losses, percentiles, results),
-      '',
-      'Test SI-SDR improvement over the mixture, SI-SDRi (dB):',
-      '',
-      *_table('test_si_sdri', losses, percentiles, results),
+    f'Settings: {_settings(config)}.',
+    '',
+    f'{len(results)} of {len(losses) * len(percentiles)} cells finished; '
+    f'training steps per cell: {", ".join(map(str, steps)) or "–"}; '
+    f'test mixtures: {", ".join(map(str, num_test)) or "–"}. '
+    'The best cell of each row is in bold.',
+    '',
+    'Test SI-SDR (dB):',
+    '',
+    *_table('test_si_sdr', losses, percentiles, results),
+    '',
+    'Test SI-SDR improvement over the mixture, SI-SDRi (dB):',
+    '',
+    *_table('test_si_sdri', losses, percentiles, results),
   ]
   return '\n'.join(lines) + '\n'
 
 
-def run_sweep(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-              losses: Sequence[str], percentiles: Sequence[float],
-              parallel_runs: int = 1) -> str:
+def run_sweep(
+  config: ml_collections.ConfigDict,
+  workdir: str | pathlib.Path,
+  losses: Sequence[str],
+  percentiles: Sequence[float],
+  parallel_runs: int = 1,
+) -> str:
   """Trains every unfinished cell and keeps ``table1.md`` up to date.
 
   The table is written before the first cell is trained and again after
@@ -159,13 +194,17 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
       return table
 
     table = write_table()
-    cell_runs = {cell: (configs[cell], cell_dir(workdir, *cell))
-                 for cell in cells}
+    cell_runs = {
+      cell: (configs[cell], cell_dir(workdir, *cell)) for cell in cells
+    }
     num_finished = sum(
-        runs.finished_results(directory, cell_config) is not None
-        for cell_config, directory in cell_runs.values())
-    print(f'{num_finished} of {len(cells)} cells already finished; training '
-          f'{len(cells) - num_finished}')
+      runs.finished_results(directory, cell_config) is not None
+      for cell_config, directory in cell_runs.values()
+    )
+    print(
+      f'{num_finished} of {len(cells)} cells already finished; training '
+      f'{len(cells) - num_finished}'
+    )
     for cell, cell_results in runs.train_runs(cell_runs, parallel_runs):
       results[cell] = cell_results
       print(f'[{len(results)}/{len(cells)}] {cell_dir(workdir, *cell)}')
@@ -184,14 +223,22 @@ def main(argv):
   except ValueError as error:
     raise app.UsageError(str(error)) from None
   with cli.errors_as_messages():
-    print(run_sweep(config, FLAGS.workdir, FLAGS.losses, percentiles,
-                    cli.parallel_runs()))
+    print(
+      run_sweep(
+        config, FLAGS.workdir, FLAGS.losses, percentiles, cli.parallel_runs()
+      )
+    )
 
 
 if __name__ == '__main__':
-  cli.define_common_flags(PAPER_PERCENTILES,
-                          'AutoClip percentiles, one column each',
-                          default_config='sweep_cpu.py')
-  flags.DEFINE_list('losses', list(loss_registry.LOSSES),
-                    'Loss functions (config.loss), one row each.')
+  cli.define_common_flags(
+    PAPER_PERCENTILES,
+    'AutoClip percentiles, one column each',
+    default_config='sweep_cpu.py',
+  )
+  flags.DEFINE_list(
+    'losses',
+    list(loss_registry.LOSSES),
+    'Loss functions (config.loss), one row each.',
+  )
   app.run(main)

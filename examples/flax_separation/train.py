@@ -50,16 +50,19 @@ _STEPS_AHEAD = 2
 
 def create_model(config: ml_collections.ConfigDict) -> models.BLSTMNet:
   """The network ``config.loss`` trains, with the heads that loss needs."""
-  return models.BLSTMNet(heads=loss_registry.get(config.loss).heads,
-                         hidden_size=config.hidden_size,
-                         num_layers=config.num_layers,
-                         embedding_dim=config.embedding_dim,
-                         normalize_input=config.normalize_input,
-                         rngs=nnx.Rngs(config.seed))
+  return models.BLSTMNet(
+    heads=loss_registry.get(config.loss).heads,
+    hidden_size=config.hidden_size,
+    num_layers=config.num_layers,
+    embedding_dim=config.embedding_dim,
+    normalize_input=config.normalize_input,
+    rngs=nnx.Rngs(config.seed),
+  )
 
 
-def create_optimizer(model: nnx.Module, config: ml_collections.ConfigDict,
-                     num_steps: int) -> nnx.Optimizer:
+def create_optimizer(
+  model: nnx.Module, config: ml_collections.ConfigDict, num_steps: int
+) -> nnx.Optimizer:
   """Adam behind AutoClip, skipping steps whose update is not finite.
 
   Percentile 100 never clips (the paper's baseline). AutoClip never records
@@ -78,17 +81,23 @@ def create_optimizer(model: nnx.Module, config: ml_collections.ConfigDict,
     The optimizer.
   """
   tx = optax.apply_if_finite(
-      optax.chain(
-          autoclip(config.autoclip_percentile, config.autoclip_max_history,
-                   min_history=config.autoclip_min_history),
-          optax.adam(learning_rate(config, num_steps)),
-          averaging.param_average(config.param_average_decay)),
-      max_consecutive_errors=MAX_CONSECUTIVE_NONFINITE_STEPS)
+    optax.chain(
+      autoclip(
+        config.autoclip_percentile,
+        config.autoclip_max_history,
+        min_history=config.autoclip_min_history,
+      ),
+      optax.adam(learning_rate(config, num_steps)),
+      averaging.param_average(config.param_average_decay),
+    ),
+    max_consecutive_errors=MAX_CONSECUTIVE_NONFINITE_STEPS,
+  )
   return nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
-def learning_rate(config: ml_collections.ConfigDict,
-                  num_steps: int) -> optax.ScalarOrSchedule:
+def learning_rate(
+  config: ml_collections.ConfigDict, num_steps: int
+) -> optax.ScalarOrSchedule:
   """Adam's learning rate: constant, then a half cosine to 0.
 
   ``config.learning_rate_decay_start`` is the share of the run's
@@ -99,28 +108,41 @@ def learning_rate(config: ml_collections.ConfigDict,
   if boundary >= num_steps:
     return config.learning_rate
   return optax.join_schedules(
-      [optax.constant_schedule(config.learning_rate),
-       optax.cosine_decay_schedule(config.learning_rate,
-                                   num_steps - boundary)], [boundary])
+    [
+      optax.constant_schedule(config.learning_rate),
+      optax.cosine_decay_schedule(config.learning_rate, num_steps - boundary),
+    ],
+    [boundary],
+  )
 
 
-def batch_loss(model: nnx.Module, mixture: jax.Array, sources: jax.Array,
-               loss_name: str = 'mi', chimera_alpha: float = 0.75
-               ) -> jax.Array:
+def batch_loss(
+  model: nnx.Module,
+  mixture: jax.Array,
+  sources: jax.Array,
+  loss_name: str = 'mi',
+  chimera_alpha: float = 0.75,
+) -> jax.Array:
   """The scalar loss ``loss_name`` of a batch (arguments as ``train_step``'s)."""
   mixture_spectrogram = spectral.stft(mixture)
-  estimates = model(spectral.log_magnitude(mixture_spectrogram),
-                    use_running_average=False)
-  targets = loss_registry.Targets(mixture_spectrogram, spectral.stft(sources),
-                                  sources)
-  return loss_registry.get(loss_name).loss_fn(estimates, targets,
-                                              chimera_alpha)
+  estimates = model(
+    spectral.log_magnitude(mixture_spectrogram), use_running_average=False
+  )
+  targets = loss_registry.Targets(
+    mixture_spectrogram, spectral.stft(sources), sources
+  )
+  return loss_registry.get(loss_name).loss_fn(estimates, targets, chimera_alpha)
 
 
 @functools.partial(nnx.jit, static_argnames=('loss_name', 'chimera_alpha'))
-def train_step(model: nnx.Module, optimizer: nnx.Optimizer,
-               mixture: jax.Array, sources: jax.Array, loss_name: str = 'mi',
-               chimera_alpha: float = 0.75) -> dict[str, jax.Array]:
+def train_step(
+  model: nnx.Module,
+  optimizer: nnx.Optimizer,
+  mixture: jax.Array,
+  sources: jax.Array,
+  loss_name: str = 'mi',
+  chimera_alpha: float = 0.75,
+) -> dict[str, jax.Array]:
   """One Adam step on the loss ``loss_name`` (see ``batch_loss``).
 
   Args:
@@ -142,30 +164,37 @@ def train_step(model: nnx.Module, optimizer: nnx.Optimizer,
   params_before = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   batch_stats_before = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
   num_clipped_before = optax.tree_utils.tree_get(
-      optimizer.opt_state, 'AutoClipState').num_clipped[...]
+    optimizer.opt_state, 'AutoClipState'
+  ).num_clipped[...]
   loss, grads = nnx.value_and_grad(
-      lambda model: batch_loss(model, mixture, sources, loss_name,
-                               chimera_alpha))(model)
+    lambda model: batch_loss(model, mixture, sources, loss_name, chimera_alpha)
+  )(model)
   optimizer.update(model, grads)
   # A step skipped for a non-finite update keeps the input normalisation's
   # running statistics too, which the batch would otherwise have poisoned.
   finite = optimizer.opt_state.last_finite[...]
   batch_stats = nnx.state(model, nnx.BatchStat)
-  nnx.replace_by_pure_dict(batch_stats, jax.tree.map(
+  nnx.replace_by_pure_dict(
+    batch_stats,
+    jax.tree.map(
       lambda after, before: jnp.where(finite, after, before),
-      nnx.to_pure_dict(batch_stats), batch_stats_before))
+      nnx.to_pure_dict(batch_stats),
+      batch_stats_before,
+    ),
+  )
   nnx.update(model, batch_stats)
   params_after = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   clip_state = optax.tree_utils.tree_get(optimizer.opt_state, 'AutoClipState')
   num_clipped = clip_state.num_clipped[...]
   return {
-      'loss': loss,
-      'grad_norm': clip_state.grad_norm[...],
-      'threshold': clip_state.threshold[...],
-      'step_size': optax.tree.norm(
-          jax.tree.map(jnp.subtract, params_after, params_before)),
-      'clipped': (num_clipped - num_clipped_before).astype(jnp.float32),
-      'clip_rate': num_clipped / jnp.maximum(clip_state.count[...], 1),
+    'loss': loss,
+    'grad_norm': clip_state.grad_norm[...],
+    'threshold': clip_state.threshold[...],
+    'step_size': optax.tree.norm(
+      jax.tree.map(jnp.subtract, params_after, params_before)
+    ),
+    'clipped': (num_clipped - num_clipped_before).astype(jnp.float32),
+    'clip_rate': num_clipped / jnp.maximum(clip_state.count[...], 1),
   }
 
 
@@ -181,6 +210,7 @@ class Step(NamedTuple):
       every step since the last fetch, this one included: ``{'step': ...,
       **metrics}`` with floats; empty at other steps.
   """
+
   number: int
   mixture: jax.Array
   sources: jax.Array
@@ -188,21 +218,27 @@ class Step(NamedTuple):
   fetched: list[dict[str, float]]
 
 
-def checkpoint_due(number: int, config: ml_collections.ConfigDict,
-                   steps_per_epoch: int) -> bool:
+def checkpoint_due(
+  number: int, config: ml_collections.ConfigDict, steps_per_epoch: int
+) -> bool:
   """Whether a run checkpoints after step ``number``.
 
   It does every ``config.checkpoint_every_steps`` and at the end of every
   epoch.
   """
-  return (number % config.checkpoint_every_steps == 0
-          or number % steps_per_epoch == 0)
+  return (
+    number % config.checkpoint_every_steps == 0 or number % steps_per_epoch == 0
+  )
 
 
-def training_loop(model: nnx.Module, optimizer: nnx.Optimizer,
-                  split: input_pipeline.Split,
-                  config: ml_collections.ConfigDict, start_step: int = 0,
-                  progress_bar_position: int = 0) -> Iterator[Step]:
+def training_loop(
+  model: nnx.Module,
+  optimizer: nnx.Optimizer,
+  split: input_pipeline.Split,
+  config: ml_collections.ConfigDict,
+  start_step: int = 0,
+  progress_bar_position: int = 0,
+) -> Iterator[Step]:
   """Trains from ``start_step`` to the run's end, yielding after each step.
 
   The batches are ``input_pipeline.training_stream``'s, so the run's data
@@ -228,37 +264,51 @@ def training_loop(model: nnx.Module, optimizer: nnx.Optimizer,
   sharding.replicate(mesh, model, optimizer)
   per_epoch = input_pipeline.steps_per_epoch(len(split), config.batch_size)
   batches = input_pipeline.training_stream(
-      split, config, start_step, process_index=jax.process_index(),
-      process_count=jax.process_count())
+    split,
+    config,
+    start_step,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
   unfetched = []  # (step, metrics on the device) since the last fetch.
-  with tqdm.tqdm(total=per_epoch * config.num_epochs, initial=start_step,
-                 unit='step', position=progress_bar_position,
-                 desc=(f'{config.loss} p={config.autoclip_percentile:g} '
-                       f'seed {config.seed}')) as bar:
+  with tqdm.tqdm(
+    total=per_epoch * config.num_epochs,
+    initial=start_step,
+    unit='step',
+    position=progress_bar_position,
+    desc=(f'{config.loss} p={config.autoclip_percentile:g} seed {config.seed}'),
+  ) as bar:
     for number, local_rows in enumerate(batches, start=start_step + 1):
       mixture, sources = sharding.shard_batch(mesh, local_rows)
-      step_metrics = train_step(model, optimizer, mixture, sources,
-                                config.loss, config.chimera_alpha)
+      step_metrics = train_step(
+        model, optimizer, mixture, sources, config.loss, config.chimera_alpha
+      )
       unfetched.append((number, step_metrics))
       if len(unfetched) > _STEPS_AHEAD:
         jax.block_until_ready(unfetched[-1 - _STEPS_AHEAD][1])
       fetched = []
-      if (number % config.log_every_steps == 0
-          or checkpoint_due(number, config, per_epoch)):
-        fetched = [{'step': step, **{key: float(value)
-                                     for key, value in record.items()}}
-                   for step, record in jax.device_get(unfetched)]
+      if number % config.log_every_steps == 0 or checkpoint_due(
+        number, config, per_epoch
+      ):
+        fetched = [
+          {'step': step, **{key: float(value) for key, value in record.items()}}
+          for step, record in jax.device_get(unfetched)
+        ]
         unfetched = []
         bar.set_postfix(
-            loss=f'{fetched[-1]["loss"]:.4f}',
-            clipped=f'{np.mean([r["clipped"] for r in fetched]):.0%}')
+          loss=f'{fetched[-1]["loss"]:.4f}',
+          clipped=f'{np.mean([r["clipped"] for r in fetched]):.0%}',
+        )
       bar.update()
       yield Step(number, mixture, sources, step_metrics, fetched)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str | pathlib.Path, *,
-                       progress_bar_position: int = 0) -> dict:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str | pathlib.Path,
+  *,
+  progress_bar_position: int = 0,
+) -> dict:
   """Trains, keeps the best model on validation, and evaluates it on test.
 
   The model validated, kept and tested is the moving average of the
@@ -287,26 +337,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     splits = input_pipeline.load_splits(config, workdir)
     model = create_model(config)
     optimizer = create_optimizer(
-        model, config,
-        input_pipeline.num_training_steps(len(splits['train']), config))
+      model,
+      config,
+      input_pipeline.num_training_steps(len(splits['train']), config),
+    )
     checkpoints = checkpointing.Checkpoints(workdir)
     progress = checkpoints.restore(model, optimizer) or {
-        'best_valid_si_sdri': -np.inf, 'train_seconds': 0.0}
+      'best_valid_si_sdri': -np.inf,
+      'train_seconds': 0.0,
+    }
     start_step = int(optimizer.step[...])
     log_path = workdir / 'log.jsonl'
     validation_path = workdir / 'validation.jsonl'
     workdirs.keep_log_lines_up_to(log_path, start_step)
     workdirs.keep_log_lines_up_to(validation_path, start_step)
-    steps_per_epoch = input_pipeline.steps_per_epoch(len(splits['train']),
-                                                     config.batch_size)
+    steps_per_epoch = input_pipeline.steps_per_epoch(
+      len(splits['train']), config.batch_size
+    )
     mesh = sharding.data_parallel_mesh()
 
     def validate_and_save(step):
-      averaged = averaging.averaged_model(model, optimizer,
-                                          config.param_average_decay)
-      _, si_sdri = evaluation.evaluate(averaged, splits['valid'],
-                                       config.eval_batch_size, config.loss,
-                                       mesh)
+      averaged = averaging.averaged_model(
+        model, optimizer, config.param_average_decay
+      )
+      _, si_sdri = evaluation.evaluate(
+        averaged, splits['valid'], config.eval_batch_size, config.loss, mesh
+      )
       valid_si_sdri = float(si_sdri.mean())
       with workdirs.open_log(validation_path) as log:
         log.write(json.dumps({'step': step, 'si_sdri': valid_si_sdri}) + '\n')
@@ -319,8 +375,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     started = time.perf_counter() - progress['train_seconds']
     with workdirs.open_log(log_path) as log:
       for step, *_, fetched in training_loop(
-          model, optimizer, splits['train'], config, start_step,
-          progress_bar_position):
+        model,
+        optimizer,
+        splits['train'],
+        config,
+        start_step,
+        progress_bar_position,
+      ):
         log.writelines(json.dumps(record) + '\n' for record in fetched)
         if checkpoint_due(step, config, steps_per_epoch):
           log.flush()
@@ -328,22 +389,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           validate_and_save(step)
     checkpoints.restore_best(model)
     si_sdr, si_sdri = evaluation.evaluate(
-        model, splits['test'], config.eval_batch_size, config.loss, mesh)
-    evaluation.write_wavs(model, splits['test'], config.eval_batch_size,
-                          config.loss, mesh, workdir / 'separated',
-                          config.num_example_wavs)
+      model, splits['test'], config.eval_batch_size, config.loss, mesh
+    )
+    evaluation.write_wavs(
+      model,
+      splits['test'],
+      config.eval_batch_size,
+      config.loss,
+      mesh,
+      workdir / 'separated',
+      config.num_example_wavs,
+    )
     results = {
-        'loss': config.loss,
-        'autoclip_percentile': config.autoclip_percentile,
-        'steps': step,
-        'train_seconds': round(progress['train_seconds'], 1),
-        'best_valid_si_sdri': progress['best_valid_si_sdri'],
-        'test_si_sdr': float(si_sdr.mean()),
-        'test_si_sdri': float(si_sdri.mean()),
-        'num_test_mixtures': len(splits['test']),
-        'config': config.to_dict(),
+      'loss': config.loss,
+      'autoclip_percentile': config.autoclip_percentile,
+      'steps': step,
+      'train_seconds': round(progress['train_seconds'], 1),
+      'best_valid_si_sdri': progress['best_valid_si_sdri'],
+      'test_si_sdr': float(si_sdr.mean()),
+      'test_si_sdri': float(si_sdri.mean()),
+      'num_test_mixtures': len(splits['test']),
+      'config': config.to_dict(),
     }
     if workdirs.writes_files():
-      workdirs.write_atomically(workdir / 'results.json',
-                                json.dumps(results, indent=2) + '\n')
+      workdirs.write_atomically(
+        workdir / 'results.json', json.dumps(results, indent=2) + '\n'
+      )
     return results

@@ -60,9 +60,10 @@ def lock(workdir: str | os.PathLike) -> Iterator[None]:
       file.seek(0)
       holder = file.read().strip() or 'unknown'
       raise WorkdirInUseError(
-          f'{workdir} is in use by another run, process {holder} (it holds '
-          f'{path}); wait for it to end, or choose another work '
-          'directory') from None
+        f'{workdir} is in use by another run, process {holder} (it holds '
+        f'{path}); wait for it to end, or choose another work '
+        'directory'
+      ) from None
     file.truncate(0)
     file.write(f'{os.getpid()}\n')
     file.flush()
@@ -115,7 +116,8 @@ def keep_log_lines_up_to(path: pathlib.Path, last_step: int) -> None:
       if number == len(lines):
         break
       raise ValueError(
-          f'{path}, line {number}, is not JSON: {line!r}') from None
+        f'{path}, line {number}, is not JSON: {line!r}'
+      ) from None
     if record['step'] <= last_step:
       kept.append(line + '\n')
   write_atomically(path, ''.join(kept))

@@ -13,8 +13,15 @@ from examples.flax_separation.configs import default
 def get_config() -> ml_collections.ConfigDict:
   """Returns the default hyperparameters with a smaller, shorter run."""
   config = default.get_config()
-  config.update(num_train=2000, num_layers=1, hidden_size=128, batch_size=4,
-                excerpt_frames=400, num_epochs=1, checkpoint_every_steps=100)
+  config.update(
+    num_train=2000,
+    num_layers=1,
+    hidden_size=128,
+    batch_size=4,
+    excerpt_frames=400,
+    num_epochs=1,
+    checkpoint_every_steps=100,
+  )
   # Each cell evaluates its trained network, as the paper does for Table 1.
   config.update(param_average_decay=0.0)
   return config

@@ -1,5 +1,7 @@
 """AutoClip: clip by global norm to a percentile of the norms seen so far."""
 
+from __future__ import annotations
+
 from typing import NamedTuple
 
 import chex
@@ -146,10 +148,10 @@ def _record_and_threshold(state, grad_norm, percentile, min_history):
 
 
 def autoclip(
-  percentile: float | jax.Array = 10.0,
+  percentile: jax.typing.ArrayLike = 10.0,
   max_history: int = DEFAULT_MAX_HISTORY,
   group_by: _groups.GroupBy = None,
-  min_history: int | jax.Array = 0,
+  min_history: jax.typing.ArrayLike = 0,
 ) -> optax.GradientTransformation:
   """Clips updates by norm to a percentile of their past norms.
 

@@ -7,6 +7,8 @@ does for non-finite steps, here for finite outliers too. The usual norms are
 a percentile of the same window of past norms that :func:`autoclip` keeps.
 """
 
+from __future__ import annotations
+
 from typing import NamedTuple
 
 import chex
@@ -59,11 +61,11 @@ class SkipSpikesState(NamedTuple):
 
 def skip_spikes(
   inner: optax.GradientTransformation,
-  factor: float | jax.Array = 6.0,
-  percentile: float | jax.Array = 50.0,
+  factor: jax.typing.ArrayLike = 6.0,
+  percentile: jax.typing.ArrayLike = 50.0,
   max_history: int = 1000,
-  min_history: int | jax.Array = 100,
-  max_consecutive_skips: int | jax.Array = 10,
+  min_history: jax.typing.ArrayLike = 100,
+  max_consecutive_skips: jax.typing.ArrayLike = 10,
 ) -> optax.GradientTransformationExtraArgs:
   """Skips steps whose update norm is ``factor`` times its usual size.
 

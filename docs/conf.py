@@ -29,6 +29,8 @@ myst_heading_anchors = 3
 
 autodoc_member_order = 'bysource'
 autodoc_typehints = 'signature'
+# Hyperparameters read as jax.typing.ArrayLike, not the union it stands for.
+autodoc_type_aliases = {'jax.typing.ArrayLike': 'jax.typing.ArrayLike'}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 

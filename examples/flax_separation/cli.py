@@ -1,15 +1,21 @@
 """Flags and error reporting that the example's commands share."""
 
 import contextlib
+import hashlib
+import json
 import pathlib
+import socket
 import sys
+import time
 from collections.abc import Iterator, Sequence
 
 from absl import app
 from absl import flags
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 from ml_collections import config_flags
+import numpy as np
 
 from examples.flax_separation import checkpointing
 from examples.flax_separation import workdirs
@@ -24,7 +30,7 @@ def define_common_flags(
   default_config: str = 'default.py',
 ) -> None:
   """Defines --workdir (required), --percentiles, --config, --parallel_runs
-  and --multihost.
+  and the flags of a multi-host run.
 
   Called by each command when it runs, not on import, so that the commands'
   modules can be imported together.
@@ -59,24 +65,142 @@ def define_common_flags(
     False,
     'One process of a run over several hosts: calls '
     'jax.distributed.initialize() before anything else, which finds the '
-    'other processes on Cloud TPU, SLURM, Open MPI and Kubernetes.',
+    'other processes on Cloud TPU, SLURM, Open MPI and Kubernetes. '
+    'Implied by --coordinator_address.',
+  )
+  flags.DEFINE_string(
+    'coordinator_address',
+    None,
+    'host:port of process 0, where the processes meet, for a set-up JAX '
+    'does not detect (several processes on one machine: 127.0.0.1:<port>). '
+    'Needs --num_processes and --process_id.',
+  )
+  flags.DEFINE_integer('num_processes', None, 'Processes of the run.')
+  flags.DEFINE_integer('process_id', None, "This process's index, from 0.")
+  flags.DEFINE_integer(
+    'initialization_timeout',
+    300,
+    'Seconds the processes wait for each other (and for the coordinator) '
+    'when they start, before they stop with an error.',
   )
   flags.mark_flags_as_required(['workdir'])
   app.call_after_init(_initialize_multihost)
 
 
+class ProcessesDisagreeError(RuntimeError):
+  """The processes of a multi-host run were started with other settings."""
+
+
 def _initialize_multihost() -> None:
-  if FLAGS.multihost:
-    jax.distributed.initialize()
+  if not multihost():
+    return
+  # On CPU the processes' devices all-reduce through gloo.
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  if FLAGS.coordinator_address is None:
+    jax.distributed.initialize(
+      initialization_timeout=FLAGS.initialization_timeout
+    )
+  else:
+    if FLAGS.num_processes is None or FLAGS.process_id is None:
+      raise app.UsageError(
+        '--coordinator_address needs --num_processes and --process_id'
+      )
+    if FLAGS.process_id != 0:
+      _wait_for_coordinator(
+        FLAGS.coordinator_address, FLAGS.initialization_timeout
+      )
+    jax.distributed.initialize(
+      coordinator_address=FLAGS.coordinator_address,
+      num_processes=FLAGS.num_processes,
+      process_id=FLAGS.process_id,
+      initialization_timeout=FLAGS.initialization_timeout,
+    )
+  try:
+    check_processes_agree(_settings_hash())
+  except ProcessesDisagreeError as error:
+    sys.exit(f'Error: {error}')
+
+
+def multihost() -> bool:
+  """Whether the command is one process of several (``--multihost``)."""
+  return FLAGS.multihost or FLAGS.coordinator_address is not None
+
+
+def _wait_for_coordinator(address: str, timeout: float) -> None:
+  """Returns once ``address`` accepts connections; exits after ``timeout``.
+
+  JAX's own wait ends in an abort whose message names no address.
+  """
+  host, _, port = address.rpartition(':')
+  deadline = time.monotonic() + timeout
+  while True:
+    try:
+      socket.create_connection((host, int(port)), timeout=1).close()
+      return
+    except OSError:
+      if time.monotonic() > deadline:
+        sys.exit(
+          f'Error: the coordinator at {address} (process 0) could not be '
+          f'reached within --initialization_timeout={timeout:g} seconds; '
+          'start process 0 with the same --coordinator_address, or check '
+          'that this host reaches it'
+        )
+      time.sleep(0.5)
+
+
+def _settings_hash() -> str:
+  """SHA-256 of the config and the command's flags, but ``--process_id``."""
+  settings = {
+    flag.name: flag.serialize()
+    for module in (__name__, sys.argv[0])
+    for flag in FLAGS.get_flags_for_module(module)
+    if flag.name not in ('config', 'process_id')
+  }
+  settings['config'] = FLAGS.config.to_json(sort_keys=True)
+  return hashlib.sha256(
+    json.dumps(settings, sort_keys=True).encode()
+  ).hexdigest()
+
+
+def check_processes_agree(settings_hash: str) -> None:
+  """Checks that every process of the run hashed the same settings.
+
+  Processes with other settings would take other steps, and wait for each
+  other in a collective for ever.
+
+  Args:
+    settings_hash: this process's hash of its settings, in hex.
+
+  Raises:
+    ProcessesDisagreeError: naming each process whose hash differs from
+      process 0's, and both hashes.
+  """
+  digest = np.frombuffer(bytes.fromhex(settings_hash), np.uint8)
+  hashes = [
+    bytes(row).hex()
+    for row in np.asarray(multihost_utils.process_allgather(digest))
+  ]
+  differing = [
+    f'process {index} has {other}'
+    for index, other in enumerate(hashes)
+    if other != hashes[0]
+  ]
+  if differing:
+    raise ProcessesDisagreeError(
+      'the processes were started with different settings (SHA-256 of the '
+      f'config and flags): process 0 has {hashes[0]}, '
+      + ', '.join(differing)
+      + '; start every process with the same command but --process_id'
+    )
 
 
 def parallel_runs() -> int:
-  """Reads ``--parallel_runs``: 1 with ``--multihost``, else at least 1."""
+  """Reads ``--parallel_runs``: 1 on several hosts, else at least 1."""
   if FLAGS.parallel_runs < 1:
     raise app.UsageError(
       f'--parallel_runs must be at least 1, got {FLAGS.parallel_runs}'
     )
-  return 1 if FLAGS.multihost else FLAGS.parallel_runs
+  return 1 if multihost() else FLAGS.parallel_runs
 
 
 def parse_percentiles(values: Sequence[str]) -> list[float]:

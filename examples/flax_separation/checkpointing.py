@@ -30,9 +30,9 @@ import shutil
 from absl import logging
 from flax import nnx
 import jax
-from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
+from examples.flax_separation import sharding
 from examples.flax_separation import workdirs
 
 CHECKSUMS_NAME = 'sha256sums.json'
@@ -145,7 +145,7 @@ def _prepare(workdir: pathlib.Path) -> None:
         )
         + f'. Move {latest_dir} away to train the run from the start.'
       )
-  _sync_processes('checkpointing: steps checked')  # Before any change.
+  sharding.sync_processes('checkpointing: steps checked')  # Before any change.
   if jax.process_index() == 0:
     for step, damage in damaged.items():
       destination = _move_aside(latest_dir / str(step), workdir / 'damaged')
@@ -160,12 +160,7 @@ def _prepare(workdir: pathlib.Path) -> None:
     for step in _steps(best_dir):
       if step > resume_step:
         shutil.rmtree(best_dir / str(step))
-  _sync_processes('checkpointing: steps cleared')
-
-
-def _sync_processes(name: str) -> None:
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
+  sharding.sync_processes('checkpointing: steps cleared')
 
 
 class Checkpoints:

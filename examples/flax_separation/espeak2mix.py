@@ -25,7 +25,6 @@ import multiprocessing
 import os
 import pathlib
 import shutil
-import threading
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -321,18 +320,17 @@ class _Espeak:
       raise RuntimeError(f'espeak-ng failed to {action}: error code {status}')
 
 
-# libespeak-ng may be initialised once per process and is not thread-safe.
+# libespeak-ng may be initialised once per process. Each worker of
+# `generate` synthesises on its one thread.
 _espeak_instance = None
-_espeak_lock = threading.Lock()
 
 
 def _synthesize(source: SourceRecipe) -> np.ndarray:
   """Says `source` with espeak-ng; returns float64 samples at 8 kHz."""
   global _espeak_instance
-  with _espeak_lock:
-    if _espeak_instance is None:
-      _espeak_instance = _Espeak()
-    samples = _espeak_instance.synthesize(source)
+  if _espeak_instance is None:
+    _espeak_instance = _Espeak()
+  samples = _espeak_instance.synthesize(source)
   # Imported here, not at the top: it takes seconds, and every command of
   # the example imports this module but generates no data once it exists.
   import scipy.signal

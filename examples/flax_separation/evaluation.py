@@ -21,6 +21,7 @@ from examples.flax_separation import loss_registry
 from examples.flax_separation import metrics
 from examples.flax_separation import sharding
 from examples.flax_separation import spectral
+from examples.flax_separation import workdirs
 
 EVAL_LENGTH_QUANTUM = 8 * spectral.SAMPLE_RATE
 
@@ -49,11 +50,12 @@ def separate(
 
 
 def _separated_batches(
-  model, split, batch_size, loss_name, mesh, num_mixtures=None
+  model, split, batch_size, loss_name, mesh, num_mixtures=None, whole=False
 ) -> Iterator[tuple]:
   """``(batch, separated)`` of this process's rows, in split order.
 
-  ``separated`` is ``[rows, 2, padded samples]``; with ``num_mixtures``,
+  ``separated`` is ``[rows, 2, padded samples]``, or with ``whole`` every
+  process's rows of the batch, on every process; with ``num_mixtures``,
   only the batches that hold the first ``num_mixtures`` are separated.
   """
   mesh = mesh or sharding.data_parallel_mesh()
@@ -70,12 +72,14 @@ def _separated_batches(
   for number, batch in enumerate(batches):
     if number == num_batches:
       return
+    separated = separate(
+      model, sharding.shard_batch(mesh, batch.mixture), loss_name
+    )
     yield (
       batch,
-      sharding.process_rows(
-        mesh,
-        separate(model, sharding.shard_batch(mesh, batch.mixture), loss_name),
-      ),
+      np.asarray(multihost_utils.process_allgather(separated, tiled=True))
+      if whole
+      else sharding.process_rows(mesh, separated),
     )
 
 
@@ -134,7 +138,8 @@ def write_wavs(
 
   Each mixture ``<name>`` gives ``<name>_mix.wav`` and
   ``<name>_estimate1.wav``, ``<name>_estimate2.wav``, scaled down to a peak
-  of 1 where they exceed it. Each process writes its own rows.
+  of 1 where they exceed it. Every process separates its rows, and process
+  0 (``workdirs.writes_files``) writes them all.
 
   Args:
     model: the network.
@@ -145,23 +150,30 @@ def write_wavs(
     directory: where the WAVs go; made if missing.
     num_mixtures: how many mixtures to write.
   """
-  directory.mkdir(exist_ok=True)
-  for batch, separated in _separated_batches(
-    model, split, batch_size, loss_name, mesh, num_mixtures
+  if workdirs.writes_files():
+    directory.mkdir(exist_ok=True)
+  num_mixtures = min(num_mixtures, len(split))
+  for number, (_, separated) in enumerate(
+    _separated_batches(
+      model, split, batch_size, loss_name, mesh, num_mixtures, whole=True
+    )
   ):
-    for row, utterance in enumerate(batch.utterances):
-      if batch.first + row >= num_mixtures:
+    indices = range(number * batch_size, (number + 1) * batch_size)
+    for index, estimate in zip(indices, separated):
+      if index >= num_mixtures or not workdirs.writes_files():
         break
+      utterance = split[index]
       soundfile.write(
         directory / f'{utterance.name}_mix.wav',
         utterance.mixture,
         spectral.SAMPLE_RATE,
       )
-      estimate = separated[row, :, : len(utterance.mixture)]
-      for index, signal in enumerate(estimate, start=1):
+      for source, signal in enumerate(
+        estimate[:, : len(utterance.mixture)], start=1
+      ):
         peak = max(1.0, float(np.abs(signal).max()))
         soundfile.write(
-          directory / f'{utterance.name}_estimate{index}.wav',
+          directory / f'{utterance.name}_estimate{source}.wav',
           signal / peak,
           spectral.SAMPLE_RATE,
         )

@@ -40,12 +40,14 @@ import pathlib
 from typing import NamedTuple
 
 import grain
+import jax
 import ml_collections
 import numpy as np
 import soundfile as sf
 import tqdm
 
 from examples.flax_separation import espeak2mix
+from examples.flax_separation import sharding
 from examples.flax_separation import spectral
 
 SPLITS = espeak2mix.SPLITS
@@ -462,6 +464,9 @@ def load_splits(
 ) -> dict[str, Split]:
   """Lists the data set ``config.dataset`` names, generating espeak2mix first.
 
+  On several hosts espeak2mix is generated once, by process 0, while the
+  other processes wait for it; every process calls this.
+
   Args:
     config: ``dataset``, ``data_dir`` and, for espeak2mix, ``num_train``,
       ``num_valid``, ``num_test`` and ``data_seed``.
@@ -476,13 +481,18 @@ def load_splits(
       ``config.data_dir``.
   """
   if config.dataset == 'espeak2mix':
-    root = espeak2mix.generate(
+    generate = functools.partial(
+      espeak2mix.generate,
       config.data_dir or pathlib.Path(workdir) / 'data',
       num_train=config.num_train,
       num_valid=config.num_valid,
       num_test=config.num_test,
       seed=config.data_seed,
     )
+    if jax.process_index() == 0:
+      generate()
+    sharding.sync_processes('input_pipeline: espeak2mix generated')
+    root = generate()
   elif config.dataset in DATASETS:
     if not config.data_dir:
       raise ValueError(

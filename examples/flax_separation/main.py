@@ -191,7 +191,11 @@ def compare(
   seeds: Sequence[int],
   parallel_runs: int,
 ) -> None:
-  """Trains the runs, prints the tables, then writes them and the plot."""
+  """Trains the runs, prints the tables, then writes them and the plot.
+
+  On several hosts every process trains, and process 0 alone prints and
+  writes.
+  """
   results = dict(
     runs.train_runs(
       {
@@ -205,6 +209,8 @@ def compare(
       parallel_runs,
     )
   )
+  if not workdirs.writes_files():  # Process 0 reports for every process.
+    return
   summary = summarise(results, percentiles, seeds)
   print()
   print(render(summary, seeds))

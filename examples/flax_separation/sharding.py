@@ -66,3 +66,13 @@ def process_rows(mesh: jax.sharding.Mesh, batch: jax.Array) -> np.ndarray:
   return np.asarray(
     multihost_utils.global_array_to_host_local_array(batch, mesh, BATCH)
   )
+
+
+def sync_processes(name: str) -> None:
+  """Waits until every process of a multi-host run has called this.
+
+  Args:
+    name: the same in every process, for the error if they disagree.
+  """
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)

@@ -341,6 +341,10 @@ def train_and_evaluate(
       config,
       input_pipeline.num_training_steps(len(splits['train']), config),
     )
+    mesh = sharding.data_parallel_mesh()
+    # Restored in place, onto every device: on several hosts, a state
+    # restored onto one device could not be replicated across hosts.
+    sharding.replicate(mesh, model, optimizer)
     checkpoints = checkpointing.Checkpoints(workdir)
     progress = checkpoints.restore(model, optimizer) or {
       'best_valid_si_sdri': -np.inf,
@@ -354,7 +358,6 @@ def train_and_evaluate(
     steps_per_epoch = input_pipeline.steps_per_epoch(
       len(splits['train']), config.batch_size
     )
-    mesh = sharding.data_parallel_mesh()
 
     def validate_and_save(step):
       averaged = averaging.averaged_model(

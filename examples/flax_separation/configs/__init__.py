@@ -61,10 +61,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(
         f'config.{name} must be {requirement}, got {config[name]}'
       )
+  devices = f'{jax.device_count()}'
+  if jax.process_count() > 1:
+    devices += (
+      f': {jax.process_count()} processes x {jax.local_device_count()} '
+      'devices each'
+    )
   for name in ('batch_size', 'eval_batch_size'):
     if config[name] % jax.device_count():
       raise ValueError(
         f'config.{name} ({config[name]}) must divide by the number of '
-        f'devices ({jax.device_count()}): each device takes an equal share '
-        'of every batch'
+        f'devices ({devices}): each device takes an equal share of every '
+        'batch'
       )

@@ -15,14 +15,23 @@ program is read:
   scalar instructions that XLA:TPU leaves outside fusions;
 * while loops anywhere in the program: a loop runs serially on the device;
 * copies in the entry computation, and the largest one's size;
-* bytes: on TPU, XLA's cost analysis (``bytes accessed``), and its cost
-  model's time (the fraction of a negative ``optimal_seconds``, which large
-  programs report); on GPU, the operands and results of the entry's kernels
-  (an in-place dynamic-update-slice counts its update only);
-* the ratios of bytes (TPU: of time) to the fixed clip, to Adam alone, and
-  to a floor: the fixed clip's plus one read and one write of the variant's
-  windows (``history`` and ``ranks``), which matters where the windows are
-  as large as the params.
+* HBM bytes: the operands and results of the entry's kernels that live in
+  the device's main memory (an in-place dynamic-update-slice counts its
+  update only). XLA:TPU stages some arrays through on-chip memory (VMEM,
+  memory space ``S(1)`` in the layouts) with asynchronous copies; those
+  count once, on their HBM side, and the kernels that read the staged
+  array read no HBM for it;
+* on TPU, XLA's cost analysis: its ``bytes accessed`` counts the staging
+  copies' on-chip side too, and its cost model's time is those bytes at the
+  chip's bandwidth (the fraction of a negative ``optimal_seconds``, which
+  large programs report); and the sum of the compiler's own cycle estimates
+  for the entry's kernels (``estimated_cycles``), which do not count the
+  staging copies, as they run beside the kernels;
+* the ratios of HBM bytes to the fixed clip, to Adam alone, and to a floor:
+  the fixed clip's plus one read and one write of the variant's windows
+  (``history`` and ``ranks``), which matters where the windows are as large
+  as the params; on TPU, also the cost model's and the cycles' ratios to
+  the fixed clip.
 
 These are compiled structure and cost-model estimates, not measurements.
 Install the tools with ``bash scripts/setup_venv.sh --aot`` and run with
@@ -70,7 +79,11 @@ _INSTRUCTION = re.compile(
   r'^\s*(?:ROOT )?%(?P<name>[\w.-]+) = (?P<shape>.*?) '
   r'(?P<opcode>[a-z][\w-]*)\((?P<operands>[^)]*)\)'
 )
-_ARRAY = re.compile(r'\b(?P<dtype>pred|[suf]\d+|bf16)\[(?P<dims>[\d,]*)\]')
+_ARRAY = re.compile(
+  r'\b(?P<dtype>pred|[suf]\d+|bf16)\[(?P<dims>[\d,]*)\](?:\{(?P<layout>[^}]*)\})?'
+)
+_ASYNC_MOVES = {'copy-start': 'copy-done', 'slice-start': 'slice-done'}
+_CYCLES = re.compile(r'"estimated_cycles":"(\d+)"')
 
 
 @dataclasses.dataclass
@@ -81,14 +94,22 @@ class ProgramCost:
   while_loops: int
   copies: int
   largest_copy_bytes: int
-  bytes: float
-  tpu_seconds: float | None
+  hbm_bytes: int
+  tpu_bytes_accessed: float | None = None
+  tpu_seconds: float | None = None
+  tpu_kernel_cycles: int | None = None
 
 
-def _bytes_of(shape: str) -> int:
-  """Bytes of every array in an HLO shape (a tuple counts all its parts)."""
+def _bytes_of(shape: str, in_hbm_only: bool = False) -> int:
+  """Bytes of every array in an HLO shape (a tuple counts all its parts).
+
+  With ``in_hbm_only``, arrays whose layout names another memory space
+  (``S(n)``: XLA:TPU's on-chip memories) count nothing.
+  """
   total = 0
   for array in _ARRAY.finditer(shape):
+    if in_hbm_only and 'S(' in (array['layout'] or ''):
+      continue
     dtype = array['dtype']
     width = 1 if dtype == 'pred' else int(re.sub(r'\D', '', dtype)) // 8
     dims = [int(dim) for dim in array['dims'].split(',') if dim]
@@ -107,10 +128,55 @@ def _entry(hlo_text: str) -> list[re.Match]:
   ]
 
 
+def _operands(match: re.Match) -> list[str]:
+  return re.findall(r'%([\w.-]+)', match['operands'])
+
+
+def _destinations(entry: list[re.Match]) -> dict[str, str]:
+  """The shape each asynchronous copy or slice writes, by its start's name."""
+  return {
+    _operands(match)[0]: match['shape']
+    for match in entry
+    if match['opcode'] in _ASYNC_MOVES.values()
+  }
+
+
+def _hbm_bytes(entry: list[re.Match], kernels: list[re.Match]) -> int:
+  """HBM bytes read and written by ``kernels``; see the module docstring."""
+  shapes = {match['name']: match['shape'] for match in entry}
+  moved_to = _destinations(entry)
+  total = 0
+  for match in kernels:
+    operands = _operands(match)
+    if match['opcode'] in _ASYNC_MOVES:
+      # Read at the source, written at the destination: each end in HBM
+      # moves the destination's bytes through it.
+      destination = moved_to[match['name']]
+      ends_in_hbm = bool(_bytes_of(shapes[operands[0]], True)) + bool(
+        _bytes_of(destination, True)
+      )
+      total += ends_in_hbm * _bytes_of(destination)
+    elif 'dynamic_update_slice' in match['name'] and len(operands) > 1:
+      total += 2 * _bytes_of(shapes.get(operands[1], ''), True)
+    else:
+      total += _bytes_of(match['shape'], True) + sum(
+        _bytes_of(shapes.get(operand, ''), True) for operand in operands
+      )
+  return total
+
+
 def analyse(compiled, hlo_text: str) -> ProgramCost:
-  """Reads a compiled program's kernels, loops, copies and bytes."""
+  """Reads a compiled program's kernels, loops, copies and bytes.
+
+  Args:
+    compiled: the compiled TPU program, for its cost analysis; or None.
+    hlo_text: its optimised HLO (``compiled.as_text()``).
+
+  Returns:
+    A :class:`ProgramCost`; the cost analysis's fields are None without
+    ``compiled``, and the cycles without the TPU compiler's estimates.
+  """
   entry = _entry(hlo_text)
-  shape_bytes = {match['name']: _bytes_of(match['shape']) for match in entry}
   # Scalar instructions outside fusions run on the TPU's scalar unit.
   kernels = [
     match
@@ -121,37 +187,35 @@ def analyse(compiled, hlo_text: str) -> ProgramCost:
   copies = [
     match for match in entry if match['opcode'] in ('copy', 'copy-start')
   ]
-  kernel_bytes = 0
-  for match in kernels:
-    operands = re.findall(r'%([\w.-]+)', match['operands'])
-    if 'dynamic_update_slice' in match['name'] and len(operands) > 1:
-      kernel_bytes += 2 * shape_bytes.get(operands[1], 0)
-    else:
-      kernel_bytes += shape_bytes[match['name']] + sum(
-        shape_bytes.get(operand, 0) for operand in operands
-      )
-  tpu_seconds = None
-  if compiled is not None:
-    analysis = compiled.cost_analysis()
-    analysis = analysis[0] if isinstance(analysis, list) else analysis
-    seconds = analysis['optimal_seconds']
-    tpu_seconds = seconds - math.floor(seconds) if seconds < 0 else seconds
-    kernel_bytes = analysis['bytes accessed']
-  return ProgramCost(
+  moved_to = _destinations(entry)
+  cost = ProgramCost(
     kernels=len(kernels),
     while_loops=len(re.findall(r' while\(', hlo_text)),
     copies=len(copies),
     largest_copy_bytes=max(
       (
-        _bytes_of(match['shape'])
-        // (2 if match['opcode'] == 'copy-start' else 1)
+        _bytes_of(moved_to.get(match['name'], match['shape']))
         for match in copies
       ),
       default=0,
     ),
-    bytes=kernel_bytes,
-    tpu_seconds=tpu_seconds,
+    hbm_bytes=_hbm_bytes(entry, kernels),
   )
+  cycles = [
+    int(cycles)
+    for match in kernels
+    if match['opcode'] not in _ASYNC_MOVES
+    for cycles in _CYCLES.findall(match.string)
+  ]
+  if cycles:
+    cost.tpu_kernel_cycles = sum(cycles)
+  if compiled is not None:
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, list) else analysis
+    seconds = analysis['optimal_seconds']
+    cost.tpu_seconds = seconds - math.floor(seconds) if seconds < 0 else seconds
+    cost.tpu_bytes_accessed = analysis['bytes accessed']
+  return cost
 
 
 def target_device(target: str):
@@ -230,15 +294,17 @@ def abstract_model(num_params: int):
 
 def report(target: str, cases) -> list[str]:
   """The report's Markdown table, one row per case and variant."""
+  on_tpu = target in TPU_TOPOLOGIES
   device = target_device(target)
-  on_tpu = device.platform == 'tpu'
-  measure = 'TPU cost model (µs)' if on_tpu else 'MB read + written'
-  lines = [
-    f'| params, window | variant | kernels | loops | copies '
-    f'(largest, MB) | {measure} | vs clip_by_global_norm '
-    f'| vs Adam alone | vs floor |',
-    '|---' * 9 + '|',
-  ]
+  header = (
+    '| params, window | variant | kernels | loops | copies (largest, MB) '
+    '| HBM MB | vs clip_by_global_norm | vs Adam alone | vs floor |'
+  )
+  if on_tpu:
+    header += (
+      ' TPU cost model (µs) | cost model vs clip | kernel cycles vs clip |'
+    )
+  lines = [header, '|---' * header.count(' |') + '|']
   for case in cases:
     num_params, max_history = map(variants.parse_count, case.split('/'))
     params = abstract_model(num_params)
@@ -246,25 +312,24 @@ def report(target: str, cases) -> list[str]:
     costs = {
       name: step_cost(tx, params, device) for name, tx in transforms.items()
     }
-    value = {
-      name: cost.tpu_seconds if on_tpu else cost.bytes
-      for name, cost in costs.items()
-    }
-    clip = costs[variants.BASELINE]
+    clip, adam = costs[variants.BASELINE], costs[variants.ADAM]
     for name, cost in costs.items():
-      floor = value[variants.BASELINE] * (
-        1 + 2 * window_bytes(transforms[name], params) / clip.bytes
-      )
-      figure = (
-        f'{cost.tpu_seconds * 1e6:.1f}' if on_tpu else f'{cost.bytes / 1e6:.1f}'
-      )
-      lines.append(
+      floor = clip.hbm_bytes + 2 * window_bytes(transforms[name], params)
+      line = (
         f'| {case} | {name} | {cost.kernels} | {cost.while_loops} | '
-        f'{cost.copies} ({cost.largest_copy_bytes / 1e6:.2f}) | {figure} | '
-        f'{value[name] / value[variants.BASELINE]:.3f}x | '
-        f'{value[name] / value[variants.ADAM]:.3f}x | '
-        f'{value[name] / floor:.3f}x |'
+        f'{cost.copies} ({cost.largest_copy_bytes / 1e6:.2f}) | '
+        f'{cost.hbm_bytes / 1e6:.1f} | '
+        f'{cost.hbm_bytes / clip.hbm_bytes:.3f}x | '
+        f'{cost.hbm_bytes / adam.hbm_bytes:.3f}x | '
+        f'{cost.hbm_bytes / floor:.3f}x |'
       )
+      if on_tpu:
+        line += (
+          f' {cost.tpu_seconds * 1e6:.1f} | '
+          f'{cost.tpu_seconds / clip.tpu_seconds:.3f}x | '
+          f'{cost.tpu_kernel_cycles / clip.tpu_kernel_cycles:.3f}x |'
+        )
+      lines.append(line)
   return lines
 
 

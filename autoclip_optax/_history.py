@@ -67,6 +67,19 @@ def _clipped_percentile(percentile_value) -> jax.Array:
   )
 
 
+def _where_percentile_sits(count, max_history: int, percentile_value):
+  """How many norms a window holds, and where their percentile sits.
+
+  Returns:
+    The number of norms, the two ranks to interpolate between, and the
+    upper one's weight (:func:`_percentile.ranks_and_weight`).
+  """
+  num_filled = jnp.minimum(count, max_history)
+  return num_filled, *_percentile.ranks_and_weight(
+    _clipped_percentile(percentile_value), num_filled
+  )
+
+
 def record(
   history: NormHistory, norm: jax.Array, percentile_value
 ) -> tuple[NormHistory, jax.Array]:
@@ -86,12 +99,10 @@ def record(
     recorded norms (float32, as ``np.percentile``; ``+inf`` when none is
     recorded).
   """
-  max_history = history.history.shape[-1]
   finite = jnp.isfinite(norm)
   count = jnp.where(finite, optax.safe_increment(history.count), history.count)
-  num_filled = jnp.minimum(count, max_history)
-  lower, upper, weight = _percentile.ranks_and_weight(
-    _clipped_percentile(percentile_value), num_filled
+  num_filled, lower, upper, weight = _where_percentile_sits(
+    count, history.history.shape[-1], percentile_value
   )
   replaced = _window.replace_and_select(
     history.history,
@@ -127,11 +138,18 @@ def percentile(history: NormHistory, percentile_value) -> jax.Array:
     float32, as ``np.percentile`` over the recorded norms; ``+inf`` when none
     is recorded.
   """
-  return record(
-    history,
-    jnp.full(history.count.shape, jnp.nan, jnp.float32),
-    percentile_value,
-  )[1]
+  num_filled, lower, upper, weight = _where_percentile_sits(
+    history.count, history.history.shape[-1], percentile_value
+  )
+  lower_value, upper_value = _window.select(
+    history.history,
+    history.ranks,
+    history.newest_rank,
+    history.next_slot,
+    lower,
+    upper,
+  )
+  return _percentile.interpolate(lower_value, upper_value, weight, num_filled)
 
 
 def _from_norms(norms: np.ndarray, max_history: int) -> NormHistory:

@@ -208,3 +208,37 @@ def replace_and_select(
     lower_value=value_of_rank(lower, sums[..., 1]),
     upper_value=value_of_rank(upper, sums[..., 2]),
   )
+
+
+def select(
+  values: jax.Array,
+  ranks: jax.Array,
+  newest_rank: jax.Array,
+  next_slot: jax.Array,
+  lower: jax.Array,
+  upper: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+  """Reads two order statistics of a window, writing nothing.
+
+  Args:
+    values: ``[..., H]``, the ring buffer.
+    ranks: ``[..., H]`` int32, as for :func:`replace_and_select`.
+    newest_rank: int32, the newest slot's rank.
+    next_slot: int32, the slot after the newest.
+    lower: int32, a rank in ``[0, H)``.
+    upper: int32, another.
+
+  Returns:
+    The values of ranks ``lower`` and ``upper``, exact.
+  """
+  size = values.shape[-1]
+  column = lambda scalar: jnp.expand_dims(scalar, -1)
+  index = jax.lax.iota(jnp.int32, size)
+  newest = (next_slot + size - 1) % size
+  ranks = jnp.where(index == column(newest), column(newest_rank), ranks)
+  zero = jnp.zeros((), values.dtype)
+  sums = sum_terms(
+    jnp.where(ranks == column(lower), values, zero),
+    jnp.where(ranks == column(upper), values, zero),
+  )
+  return sums[..., 0], sums[..., 1]

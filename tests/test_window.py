@@ -38,6 +38,7 @@ def test_random_replacements_match_numpy(size, sums, monkeypatch):
   monkeypatch.setattr(_window, 'sum_terms', sums)
   # A new jit, so that each way of summing is traced anew.
   replace_and_select = jax.jit(_window.replace_and_select)
+  select = jax.jit(_window.select)
   rng = np.random.default_rng(size)
   values, ranks, newest_rank, slot = empty_window(size)
   ring = np.full(size, np.inf, np.float32)
@@ -67,6 +68,12 @@ def test_random_replacements_match_numpy(size, sums, monkeypatch):
     assert result.upper_value == numpy_order_statistic(ring, upper)
     assert result.next_leaving == ring[int(slot)]
     values, ranks, newest_rank = result.values, result.ranks, result.newest_rank
+    lower, upper = rng.integers(0, size, 2)
+    read = select(values, ranks, newest_rank, slot, lower, upper)
+    assert read == (
+      numpy_order_statistic(ring, lower),
+      numpy_order_statistic(ring, upper),
+    )
 
 
 def test_batch_of_windows_replaces_in_each_like_numpy():

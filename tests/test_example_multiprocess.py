@@ -1,0 +1,365 @@
+"""The example's main job as 2 JAX processes, on one machine.
+
+Each process has 2 host devices and they meet through ``jax.distributed``
+(``--coordinator_address``), with gloo all-reducing between them: one
+4-device mesh, as on 2 hosts. The tiny run (2 epochs of 2 steps,
+checkpointed after steps 2 and 4), killed after step 2 and started again,
+is compared with 1 uninterrupted process of the same 4 devices. Process 1
+runs under ``strace`` where it is installed, to list the files it writes.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from tests import example_helpers
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+TIMEOUT_SECONDS = 240
+NUM_DEVICES = 4
+RUN = pathlib.Path('seed0', 'p10')
+# The tiny run, as main.py's flags: 8 training mixtures in batches of 4.
+FLAGS = (
+  '--percentiles=10',
+  *(
+    f'--config.{name}={value}'
+    for name, value in {
+      **example_helpers.ESPEAK2MIX_COUNTS,
+      'hidden_size': 8,
+      'num_layers': 1,
+      'batch_size': 4,
+      'excerpt_frames': 40,
+      'num_epochs': 2,
+      'checkpoint_every_steps': 2,
+      'eval_batch_size': 4,
+      'num_example_wavs': 1,
+      'log_every_steps': 1,
+      'autoclip_max_history': 100,
+    }.items()
+  ),
+)
+# What strace records of process 1: the system calls that write files (it
+# may make directories: every process makes the work directory).
+_WRITING_CALLS = 'openat,creat,rename,renameat,renameat2,unlink,unlinkat'
+
+
+def free_port() -> int:
+  with socket.socket() as probe:
+    probe.bind(('127.0.0.1', 0))
+    return probe.getsockname()[1]
+
+
+def start(workdir, *flags, num_processes=2, trace=None):
+  """Starts one process of main.py's job on ``workdir``.
+
+  Args:
+    workdir: the job's work directory.
+    *flags: more flags, e.g. ``--coordinator_address``.
+    num_processes: processes of the job; its 4 devices are split over them.
+    trace: a file for strace's record of the files it writes, or None.
+  """
+  command = [
+    sys.executable,
+    '-m',
+    'examples.flax_separation.main',
+    f'--workdir={workdir}',
+    *FLAGS,
+    *flags,
+  ]
+  if trace is not None:
+    command = [
+      'strace',
+      '-f',
+      '--seccomp-bpf',
+      '-qq',
+      f'--trace={_WRITING_CALLS}',
+      f'--output={trace}',
+      *command,
+    ]
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS='cpu',
+    XLA_FLAGS='--xla_force_host_platform_device_count='
+    f'{NUM_DEVICES // num_processes}',
+  )
+  return subprocess.Popen(
+    command,
+    cwd=REPO_ROOT,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
+
+
+def start_processes(workdir, name, *flags, traced=False):
+  """Starts the 2 processes of the job.
+
+  With ``traced``, process 1 runs under strace, which writes to
+  ``<name>-process1.strace`` beside ``workdir``.
+  """
+  address = f'--coordinator_address=127.0.0.1:{free_port()}'
+  return [
+    start(
+      workdir,
+      address,
+      '--num_processes=2',
+      f'--process_id={index}',
+      *flags,
+      trace=workdir.parent / f'{name}-process1.strace'
+      if traced and index
+      else None,
+    )
+    for index in range(2)
+  ]
+
+
+def outputs(processes):
+  """Waits for every process; returns ``(exit status, output)`` of each.
+
+  The output waits in a pipe until then: the tiny job's is a few kB.
+  """
+  ended = []
+  try:
+    for process in processes:
+      output, _ = process.communicate(timeout=TIMEOUT_SECONDS)
+      ended.append((process.returncode, output))
+    return ended
+  finally:
+    for process in processes:
+      process.kill()
+
+
+def succeeded(processes):
+  """Each process's output, once every one has exited 0."""
+  ended = outputs(processes)
+  for status, output in ended:
+    assert status == 0, output[-3000:]
+  return [output for _, output in ended]
+
+
+def final_state(run_dir):
+  """The run's last checkpoint: parameters and optimizer state, as NumPy."""
+  path = run_dir / 'checkpoints' / '4' / 'state'
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    tree = checkpointer.metadata(path).item_metadata.tree
+    restored = checkpointer.restore(
+      path,
+      args=ocp.args.PyTreeRestore(
+        restore_args=jax.tree.map(
+          lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree
+        )
+      ),
+    )
+  return {
+    jax.tree_util.keystr(path): value
+    for path, value in jax.tree_util.tree_leaves_with_path(restored)
+  }
+
+
+def results(run_dir):
+  """``results.json`` without what may differ: time and data directory."""
+  written = json.loads((run_dir / 'results.json').read_text())
+  del written['train_seconds'], written['config']['data_dir']
+  return written
+
+
+@pytest.fixture(scope='module')
+def one_process(tmp_path_factory, espeak2mix_dir, compilation_cache):
+  """The job as 1 process of 4 devices, uninterrupted: its work directory."""
+  workdir = tmp_path_factory.mktemp('one_process') / 'job'
+  with compilation_cache():
+    succeeded(
+      [start(workdir, f'--config.data_dir={espeak2mix_dir}', num_processes=1)]
+    )
+  return workdir
+
+
+@pytest.fixture(scope='module')
+def two_processes(tmp_path_factory, compilation_cache):
+  """The job as 2 processes, killed after its first checkpoint, then resumed.
+
+  It generates its espeak2mix set. Process 1 is killed once checkpoint 2
+  is whole, and process 0 then too (it would wait for process 1 in the next
+  collective until JAX's heartbeat timeout, 100 s); both are started again.
+
+  Returns:
+    ``(workdir, outputs)``: the work directory, and each start's output of
+    each process.
+  """
+  workdir = tmp_path_factory.mktemp('two_processes') / 'job'
+  traced = shutil.which('strace') is not None
+  checksums = workdir / RUN / 'checkpoints' / '2' / 'sha256sums.json'
+  with compilation_cache():
+    processes = start_processes(workdir, 'killed', traced=traced)
+    deadline = time.monotonic() + TIMEOUT_SECONDS
+    while not checksums.exists():
+      assert time.monotonic() < deadline and processes[0].poll() is None
+      time.sleep(0.1)
+    for process in reversed(processes):
+      process.send_signal(signal.SIGKILL)
+    killed = [output for _, output in outputs(processes)]
+    assert not (workdir / RUN / 'results.json').exists()
+    resumed = succeeded(start_processes(workdir, 'resumed', traced=traced))
+  return workdir, [killed, resumed]
+
+
+def test_killed_and_resumed_two_processes_equal_one_uninterrupted_process(
+  one_process, two_processes
+):
+  # Each sums the gradients of 4 shards, gloo between the 2 processes and
+  # XLA within one, in orders that need not be the same: equal to float32
+  # rounding (1e-5 relative; they differ by about 1e-7), not bit for bit.
+  # A resume that lost any state, or took other batches, would be far off.
+  # The steps and AutoClip's counters are integers, and exact.
+  workdir, _ = two_processes
+  log, expected_log = (
+    example_helpers.read_log(directory / RUN)
+    for directory in (workdir, one_process)
+  )
+  assert [record['step'] for record in log] == [1, 2, 3, 4]
+  for record, expected in zip(log, expected_log, strict=True):
+    assert record.keys() == expected.keys()
+    for key in ('loss', 'grad_norm', 'threshold', 'step_size'):
+      np.testing.assert_allclose(record[key], expected[key], rtol=1e-5)
+    assert record['clipped'] == expected['clipped']
+  state, expected_state = (
+    final_state(directory / RUN) for directory in (workdir, one_process)
+  )
+  assert state.keys() == expected_state.keys()
+  for name, value in expected_state.items():
+    if np.issubdtype(value.dtype, np.floating):
+      np.testing.assert_allclose(
+        state[name], value, rtol=1e-5, atol=1e-7, err_msg=name
+      )
+    else:
+      np.testing.assert_array_equal(state[name], value, err_msg=name)
+  scores, expected_scores = (
+    results(directory / RUN) for directory in (workdir, one_process)
+  )
+  for key in ('test_si_sdr', 'test_si_sdri', 'best_valid_si_sdri'):
+    np.testing.assert_allclose(
+      scores.pop(key), expected_scores.pop(key), rtol=1e-5
+    )
+  assert scores == expected_scores
+  assert (workdir / RUN / 'validation.jsonl').read_text().count('\n') == 2
+
+
+def test_process_0_writes_the_results_logs_wavs_and_plot(two_processes):
+  workdir, (_, (output, other_output)) = two_processes
+  for path in (
+    RUN / 'log.jsonl',
+    RUN / 'validation.jsonl',
+    RUN / 'results.json',
+    'comparison.json',
+    'training_curves.png',
+  ):
+    assert (workdir / path).is_file(), path
+  assert len(list((workdir / RUN / 'separated').glob('*.wav'))) == 3
+  assert 'test SI-SDRi' in output
+  assert 'test SI-SDRi' not in other_output  # Process 0 reports.
+
+
+@pytest.mark.parametrize('start_name', ['killed', 'resumed'])
+def test_process_1_writes_no_file_but_its_checkpoint_shares(
+  two_processes, start_name
+):
+  workdir, _ = two_processes
+  trace = workdir.parent / f'{start_name}-process1.strace'
+  if not trace.exists():
+    pytest.skip('strace is not installed')
+  written = set()
+  for line in trace.read_text().splitlines():
+    if f'"{workdir}' not in line or '= -1' in line:
+      continue
+    if line.split()[1].startswith('openat') and not any(
+      mode in line for mode in ('O_WRONLY', 'O_RDWR', 'O_CREAT')
+    ):
+      continue
+    written.add(line.split('"')[1])
+  # Orbax saves each process's shards of a checkpoint in files of its own.
+  shares = (f'{workdir / RUN}/checkpoints', f'{workdir / RUN}/best')
+  assert not {path for path in written if not path.startswith(shares)}
+
+
+def test_espeak2mix_is_generated_once_by_process_0(two_processes):
+  workdir, ((output, other_output), resumed) = two_processes
+  assert 'espeak2mix into' in output
+  assert 'espeak2mix into' not in other_output + ''.join(resumed)
+  manifest = json.loads((workdir / 'data' / 'espeak2mix.json').read_text())
+  assert manifest['settings']['num_mixtures'] == {
+    'train': 8,
+    'valid': 2,
+    'test': 2,
+  }
+
+
+def test_unreachable_coordinator_stops_within_the_timeout(tmp_path):
+  started = time.monotonic()
+  ((status, output),) = outputs(
+    [
+      start(
+        tmp_path / 'job',
+        f'--coordinator_address=127.0.0.1:{free_port()}',
+        '--num_processes=2',
+        '--process_id=1',
+        '--initialization_timeout=2',
+        num_processes=2,
+      )
+    ]
+  )
+  assert status != 0
+  assert (
+    'could not be reached within --initialization_timeout=2 seconds' in output
+  )
+  assert time.monotonic() - started < 60
+
+
+def test_batch_not_divisible_by_processes_times_devices_is_an_error(
+  tmp_path, espeak2mix_dir
+):
+  for status, output in outputs(
+    start_processes(
+      tmp_path / 'job',
+      'divisible',
+      f'--config.data_dir={espeak2mix_dir}',
+      '--config.batch_size=6',
+    )
+  ):
+    assert status != 0
+    assert (
+      'config.batch_size (6) must divide by the number of devices '
+      '(4: 2 processes x 2 devices each)' in output
+    ), output[-3000:]
+
+
+def test_processes_with_different_configs_stop_naming_both_hashes(tmp_path):
+  address = f'--coordinator_address=127.0.0.1:{free_port()}'
+  ended = outputs(
+    [
+      start(
+        tmp_path / 'job',
+        address,
+        '--num_processes=2',
+        f'--process_id={index}',
+        f'--config.learning_rate={rate}',
+      )
+      for index, rate in enumerate((0.001, 0.002))
+    ]
+  )
+  for status, output in ended:
+    assert status != 0
+    assert 'started with different settings' in output, output[-3000:]
+    hashes = output.split('process 0 has ')[1]
+    assert 'process 1 has ' in hashes

@@ -363,3 +363,13 @@ def test_processes_with_different_configs_stop_naming_both_hashes(tmp_path):
     assert 'started with different settings' in output, output[-3000:]
     hashes = output.split('process 0 has ')[1]
     assert 'process 1 has ' in hashes
+
+
+def test_coordinator_address_needs_the_process_count_and_id(tmp_path):
+  ((status, output),) = outputs(
+    [start(tmp_path / 'job', '--coordinator_address=127.0.0.1:1')]
+  )
+  assert status != 0
+  assert (
+    '--coordinator_address needs --num_processes and --process_id' in output
+  )

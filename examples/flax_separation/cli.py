@@ -84,6 +84,13 @@ def define_common_flags(
     'when they start, before they stop with an error.',
   )
   flags.mark_flags_as_required(['workdir'])
+  flags.register_multi_flags_validator(
+    ['coordinator_address', 'num_processes', 'process_id'],
+    lambda values: (
+      values['coordinator_address'] is None or None not in values.values()
+    ),
+    '--coordinator_address needs --num_processes and --process_id',
+  )
   app.call_after_init(_initialize_multihost)
 
 
@@ -96,25 +103,17 @@ def _initialize_multihost() -> None:
     return
   # On CPU the processes' devices all-reduce through gloo.
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  if FLAGS.coordinator_address is None:
-    jax.distributed.initialize(
-      initialization_timeout=FLAGS.initialization_timeout
+  if FLAGS.coordinator_address is not None and FLAGS.process_id != 0:
+    _wait_for_coordinator(
+      FLAGS.coordinator_address, FLAGS.initialization_timeout
     )
-  else:
-    if FLAGS.num_processes is None or FLAGS.process_id is None:
-      raise app.UsageError(
-        '--coordinator_address needs --num_processes and --process_id'
-      )
-    if FLAGS.process_id != 0:
-      _wait_for_coordinator(
-        FLAGS.coordinator_address, FLAGS.initialization_timeout
-      )
-    jax.distributed.initialize(
-      coordinator_address=FLAGS.coordinator_address,
-      num_processes=FLAGS.num_processes,
-      process_id=FLAGS.process_id,
-      initialization_timeout=FLAGS.initialization_timeout,
-    )
+  # Without --coordinator_address, JAX finds the three itself.
+  jax.distributed.initialize(
+    coordinator_address=FLAGS.coordinator_address,
+    num_processes=FLAGS.num_processes,
+    process_id=FLAGS.process_id,
+    initialization_timeout=FLAGS.initialization_timeout,
+  )
   try:
     check_processes_agree(_settings_hash())
   except ProcessesDisagreeError as error:

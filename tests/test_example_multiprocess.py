@@ -373,3 +373,25 @@ def test_coordinator_address_needs_the_process_count_and_id(tmp_path):
   assert (
     '--coordinator_address needs --num_processes and --process_id' in output
   )
+
+
+def test_process_0_stops_within_the_timeout_when_another_never_comes(
+  tmp_path,
+):
+  started = time.monotonic()
+  ((status, output),) = outputs(
+    [
+      start(
+        tmp_path / 'job',
+        f'--coordinator_address=127.0.0.1:{free_port()}',
+        '--num_processes=2',
+        '--process_id=0',
+        '--initialization_timeout=2',
+        num_processes=2,
+      )
+    ]
+  )
+  assert status != 0
+  assert 'waiting up to 2 s (--initialization_timeout)' in output
+  assert 'DEADLINE_EXCEEDED' in output
+  assert time.monotonic() - started < 60

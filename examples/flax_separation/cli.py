@@ -103,9 +103,19 @@ def _initialize_multihost() -> None:
     return
   # On CPU the processes' devices all-reduce through gloo.
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  if FLAGS.coordinator_address is not None and FLAGS.process_id != 0:
-    _wait_for_coordinator(
-      FLAGS.coordinator_address, FLAGS.initialization_timeout
+  if FLAGS.coordinator_address is not None:
+    if FLAGS.process_id != 0:
+      _wait_for_coordinator(
+        FLAGS.coordinator_address, FLAGS.initialization_timeout
+      )
+    # JAX's own error, should a process not come, names none of this.
+    print(
+      f'Process {FLAGS.process_id} of {FLAGS.num_processes}: waiting up to '
+      f'{FLAGS.initialization_timeout} s (--initialization_timeout) for '
+      f'every process at {FLAGS.coordinator_address}; if one does not '
+      'come, JAX stops this one with DEADLINE_EXCEEDED.',
+      file=sys.stderr,
+      flush=True,
     )
   # Without --coordinator_address, JAX finds the three itself.
   jax.distributed.initialize(

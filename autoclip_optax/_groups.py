@@ -128,10 +128,64 @@ def check_leaves(leaves: Sequence[jax.Array]) -> None:
       )
 
 
-def _squared_norm(leaf) -> jax.Array:
-  """Sum of squares, accumulated in float32 (or wider) whatever the dtype."""
+def _squares(leaf) -> jax.Array:
+  """Squared magnitudes, in float32 (or wider) whatever the dtype."""
   wide = leaf.astype(jnp.promote_types(leaf.dtype, jnp.float32))
-  return jnp.sum(jnp.real(wide * jnp.conj(wide)))
+  return jnp.real(wide * jnp.conj(wide))
+
+
+def _sum_each_leaf(*leaves: jax.Array) -> tuple[jax.Array, ...]:
+  """Each leaf's sum of squares, one reduction per leaf."""
+  return tuple(jnp.sum(_squares(leaf)) for leaf in leaves)
+
+
+# How many partial sums each leaf is summed into first, on GPU.
+GPU_PARTIAL_SUMS = 1024
+
+
+def _sum_each_leaf_in_two_stages(*leaves: jax.Array) -> tuple[jax.Array, ...]:
+  """As :func:`_sum_each_leaf`, with one second stage for all the leaves.
+
+  XLA:GPU sums a large array in two kernels, the second adding a few
+  hundred partial sums: 16 kernels for 8 leaves. Here each leaf is summed
+  into :data:`GPU_PARTIAL_SUMS` partial sums (one kernel; a smaller leaf is
+  padded instead), and one reduction over all the leaves' stacked partial
+  sums finishes them: 9 kernels for 8 leaves.
+  """
+  partial_sums = []
+  for leaf in leaves:
+    squares = _squares(leaf).reshape(-1)
+    columns = -(-squares.size // GPU_PARTIAL_SUMS)
+    squares = jnp.pad(squares, (0, GPU_PARTIAL_SUMS * columns - squares.size))
+    partial_sums.append(
+      squares
+      if columns == 1
+      else squares.reshape(GPU_PARTIAL_SUMS, columns).sum(axis=1)
+    )
+  dtype = jnp.result_type(*partial_sums)
+  sums = jnp.stack([partial.astype(dtype) for partial in partial_sums]).sum(1)
+  return tuple(
+    total.astype(partial.dtype) for total, partial in zip(sums, partial_sums)
+  )
+
+
+def _sums_of_squares(leaves: Sequence[jax.Array]) -> tuple[jax.Array, ...]:
+  """Each leaf's sum of squares, the platform's fastest way.
+
+  Two stages on a single GPU. With several devices, leaves may be sharded,
+  and reshaping them into partial sums would move them between devices:
+  there, as on other platforms, each leaf is one reduction.
+  """
+  if not leaves:
+    return ()
+  if jax.device_count() > 1:
+    return _sum_each_leaf(*leaves)
+  return jax.lax.platform_dependent(
+    *leaves,
+    cuda=_sum_each_leaf_in_two_stages,
+    rocm=_sum_each_leaf_in_two_stages,
+    default=_sum_each_leaf,
+  )
 
 
 def group_norms(
@@ -153,10 +207,15 @@ def group_norms(
     TypeError: as :func:`check_leaves`.
   """
   check_leaves(leaves)
+  kept = [
+    (leaf, group)
+    for leaf, group in zip(leaves, group_of_leaf)
+    if not is_float0(leaf)
+  ]
   squares: list[list[jax.Array]] = [[] for _ in range(num_groups)]
-  for leaf, group in zip(leaves, group_of_leaf):
-    if not is_float0(leaf):
-      squares[group].append(_squared_norm(leaf))
+  sums = _sums_of_squares([leaf for leaf, _ in kept])
+  for (_, group), leaf_sum in zip(kept, sums):
+    squares[group].append(leaf_sum)
   return jnp.asarray(
     [jnp.sqrt(sum(group_squares, jnp.float32(0))) for group_squares in squares],
     jnp.float32,

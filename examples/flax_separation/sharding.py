@@ -4,7 +4,8 @@ Each batch is split on the mesh's ``data`` axis, and the parameters and the
 optimizer state, AutoClip's window included, are replicated, so the gradient
 and AutoClip's threshold are those of the whole batch. On several hosts,
 ``jax.devices()`` lists every host's devices: one mesh spans them all, and
-each process feeds its own devices' rows.
+each process feeds its own devices' rows; ``sync_processes`` makes the
+processes wait for each other where one writes what all read.
 """
 
 from collections.abc import Sequence

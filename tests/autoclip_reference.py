@@ -1,4 +1,4 @@
-"""AutoClip written plainly in NumPy (float64), the reference for the tests."""
+"""AutoClip and skip_spikes written plainly in NumPy, the tests' reference."""
 
 import numpy as np
 
@@ -85,9 +85,34 @@ def grouped_autoclip_reference(
   return steps
 
 
+def skip_spikes_reference(
+  norms, factor, percentile, max_history, min_history, max_consecutive_skips
+):
+  """Per step: (skipped, spike threshold), the rule written plainly."""
+  window, num_recorded, in_a_row, steps = [], 0, 0, []
+  for norm in norms:
+    if num_recorded >= min_history and window:
+      spike_threshold = factor * np.percentile(window, percentile)
+    else:
+      spike_threshold = np.inf
+    finite = np.isfinite(norm)
+    spike = finite and norm > spike_threshold
+    skipped = not finite or (spike and in_a_row < max_consecutive_skips)
+    if spike:
+      in_a_row += 1
+    elif finite:
+      in_a_row = 0
+    if not skipped:
+      window = (window + [norm])[-max_history:]
+      num_recorded += 1
+    steps.append((skipped, spike_threshold))
+  return steps
+
+
 def ranks_of(ring) -> np.ndarray:
   """The rank of each slot of ``ring`` in ascending (value, slot) order."""
-  order = sorted(range(len(ring)), key=lambda slot: (float(ring[slot]), slot))
+  # A stable sort keeps tied values in slot order.
+  order = np.argsort(np.asarray(ring, np.float64), kind='stable')
   ranks = np.empty(len(ring), np.int64)
   ranks[order] = np.arange(len(ring))
   return ranks

@@ -10,9 +10,9 @@ from autoclip_optax import AutoClipState
 from autoclip_optax import autoclip
 from autoclip_optax import recorded_norms
 from autoclip_optax import skip_spikes
+from tests.autoclip_helpers import spiky_norms
 from tests.autoclip_reference import global_norm
-from tests.test_skip_spikes import skip_spikes_reference
-from tests.test_skip_spikes import spiky_norms
+from tests.autoclip_reference import skip_spikes_reference
 
 EVERY_K = 4
 

@@ -9,14 +9,14 @@ import pytest
 
 from autoclip_optax import AutoClipState
 from autoclip_optax import autoclip
-from tests.autoclip_reference import assert_ranks_match
+from tests.autoclip_helpers import BAD_STEPS
+from tests.autoclip_helpers import SHAPES
+from tests.autoclip_helpers import assert_matches_grouped_reference
+from tests.autoclip_helpers import grouped_spiky_updates
+from tests.autoclip_helpers import run
+from tests.autoclip_helpers import run_autoclip
+from tests.autoclip_helpers import with_bad_bias
 from tests.autoclip_reference import grouped_autoclip_reference
-from tests.test_autoclip import run
-
-# Leaf names sort as jax.tree.leaves orders a dict: 'b', 'w_0', 'w_1'.
-LEAF_NAMES = ('b', 'w_0', 'w_1')
-SHAPES = {'b': (3,), 'w_0': (4, 3), 'w_1': (5,)}
-BAD_STEPS = (3, 17, 18)
 
 
 def by_leaf(name):
@@ -32,57 +32,12 @@ def kernel_or_bias_labels(params):
   return {name: kernel_or_bias(name) for name in params}
 
 
-def grouped_spiky_updates(num_steps, seed=0):
-  """Dicts of three leaves, each with its own scale and its own spikes."""
-  rng = np.random.default_rng(seed)
-  sequence = []
-  for _ in range(num_steps):
-    updates = {}
-    for index, name in enumerate(LEAF_NAMES):
-      spike = 100.0 if rng.random() < 0.05 else 1.0
-      scale = 10.0**index * rng.lognormal(0.0, 0.5) * spike
-      updates[name] = (scale * rng.normal(size=SHAPES[name])).astype(np.float32)
-    sequence.append(updates)
-  return sequence
-
-
-def with_bad_bias(sequence, bad_bias):
-  """``sequence`` with the bias ``'b'`` replaced at ``BAD_STEPS``."""
-  return [
-    dict(updates, b=bad_bias) if step in BAD_STEPS else updates
-    for step, updates in enumerate(sequence)
-  ]
-
-
-def assert_matches_grouped_reference(outputs, states, reference):
-  for output, state, (expected, norms, thresholds, windows) in zip(
-    outputs, states, reference
-  ):
-    np.testing.assert_allclose(state.grad_norm, norms, rtol=1e-6)
-    np.testing.assert_allclose(state.threshold, thresholds, rtol=1e-5)
-    for group, window in enumerate(windows):
-      history = np.asarray(state.history[group])
-      np.testing.assert_allclose(
-        np.sort(history[np.isfinite(history)]), np.sort(window), rtol=1e-6
-      )
-      assert_ranks_match(
-        history,
-        state.ranks[group],
-        state.newest_rank[group],
-        state.next_slot[group],
-      )
-    for name in expected:
-      np.testing.assert_allclose(
-        output[name], expected[name], rtol=1e-5, atol=1e-6
-      )
-
-
 @pytest.mark.parametrize('percentile', [0, 10, 50, 90, 100, 33.3])
 @pytest.mark.parametrize('max_history', [1, 7, 1000])
 def test_leaf_groups_match_numpy_reference(percentile, max_history):
   sequence = grouped_spiky_updates(120, seed=max_history)
-  outputs, states = run(
-    autoclip(percentile, max_history, group_by='leaf'), sequence
+  outputs, states = run_autoclip(
+    sequence, percentile, max_history, group_by='leaf'
   )
   reference = grouped_autoclip_reference(
     sequence, [percentile] * len(sequence), max_history, by_leaf
@@ -94,8 +49,9 @@ def test_leaf_groups_match_numpy_reference(percentile, max_history):
 @pytest.mark.parametrize('max_history', [5, 1000])
 def test_label_function_groups_match_numpy_reference(percentile, max_history):
   sequence = grouped_spiky_updates(80, seed=max_history + 1)
-  tx = autoclip(percentile, max_history, group_by=kernel_or_bias_labels)
-  outputs, states = run(tx, sequence)
+  outputs, states = run_autoclip(
+    sequence, percentile, max_history, group_by=kernel_or_bias_labels
+  )
   reference = grouped_autoclip_reference(
     sequence, [percentile] * len(sequence), max_history, kernel_or_bias
   )
@@ -105,8 +61,8 @@ def test_label_function_groups_match_numpy_reference(percentile, max_history):
 def test_label_pytree_matches_label_function():
   sequence = grouped_spiky_updates(30)
   labels = kernel_or_bias_labels(sequence[0])
-  _, from_function = run(
-    autoclip(10, 8, group_by=kernel_or_bias_labels), sequence
+  _, from_function = run_autoclip(
+    sequence, 10, 8, group_by=kernel_or_bias_labels
   )
   _, from_pytree = run(autoclip(10, 8, group_by=labels), sequence)
   jax.tree.map(
@@ -179,7 +135,7 @@ def test_non_finite_group_is_not_recorded_in_that_group(bad_value):
   sequence = with_bad_bias(
     grouped_spiky_updates(40), np.array([1.0, bad_value, 2.0], np.float32)
   )
-  _, states = run(autoclip(10, 16, group_by='leaf'), sequence)
+  _, states = run_autoclip(sequence, 10, 16, group_by='leaf')
   for step in BAD_STEPS:
     assert not np.isfinite(states[step].grad_norm[0])
     np.testing.assert_array_equal(
@@ -195,7 +151,7 @@ def test_finite_groups_record_when_another_group_is_not_finite():
   sequence = with_bad_bias(
     grouped_spiky_updates(40), np.full(3, np.nan, np.float32)
   )
-  outputs, states = run(autoclip(10, 16, group_by='leaf'), sequence)
+  outputs, states = run_autoclip(sequence, 10, 16, group_by='leaf')
   reference = grouped_autoclip_reference(sequence, [10] * 40, 16, by_leaf)
   np.testing.assert_array_equal(states[-1].count, [37, 40, 40])
   # The reference skips each group's non-finite norms on its own too.

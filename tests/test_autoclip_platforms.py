@@ -17,10 +17,12 @@ import pytest
 from autoclip_optax import _window
 from autoclip_optax import autoclip
 from autoclip_optax import skip_spikes
-from tests.autoclip_reference import assert_ranks_match
+from tests.autoclip_helpers import assert_bit_identical
+from tests.autoclip_helpers import assert_matches_grouped_reference
+from tests.autoclip_helpers import assert_matches_reference
+from tests.autoclip_helpers import run_autoclip
 from tests.autoclip_reference import autoclip_reference
 from tests.autoclip_reference import grouped_autoclip_reference
-from tests.test_autoclip import run
 
 
 def unlabelled_groups(params):
@@ -124,25 +126,14 @@ def spiky_random_updates(num_steps, seed):
   ]
 
 
-def run_on_both_paths(make_tx, sequence, monkeypatch):
-  """Runs a transform with the CPU path, then a new one with GPU's."""
-  cpu = run(make_tx(), sequence)
+def run_on_both_paths(sequence, monkeypatch, *autoclip_args, **kwargs):
+  """Runs autoclip with the CPU path, then with GPU's; returns host copies."""
+  cpu = run_autoclip(sequence, *autoclip_args, **kwargs)
   with monkeypatch.context() as patch:
     patch.setattr(_window, 'sum_terms', _window.sum_stacked_terms)
-    # A new transform, so that jit traces it anew instead of reusing the
-    # CPU path's trace.
-    accelerator = run(make_tx(), sequence)
-  return cpu, accelerator
-
-
-def assert_bit_identical(first, second):
-  jax.tree.map(
-    lambda a, b: np.testing.assert_array_equal(
-      np.atleast_1d(a).view(np.uint8), np.atleast_1d(b).view(np.uint8)
-    ),
-    first,
-    second,
-  )
+    # run_autoclip traces a new update for this way of summing.
+    accelerator = run_autoclip(sequence, *autoclip_args, **kwargs)
+  return jax.device_get((cpu, accelerator))
 
 
 @pytest.mark.parametrize(
@@ -155,23 +146,13 @@ def test_global_paths_are_bit_identical_and_match_numpy(
 ):
   sequence = make_sequence(300, seed=max_history)
   cpu, accelerator = run_on_both_paths(
-    lambda: autoclip(percentile, max_history), sequence, monkeypatch
+    sequence, monkeypatch, percentile, max_history
   )
   assert_bit_identical(cpu, accelerator)
   reference = autoclip_reference(
     sequence, [percentile] * len(sequence), max_history
   )
-  for output, state, (expected, _, threshold, _) in zip(
-    *accelerator, reference
-  ):
-    np.testing.assert_allclose(state.threshold, threshold, rtol=1e-5)
-    assert_ranks_match(
-      state.history, state.ranks, state.newest_rank, state.next_slot
-    )
-    for name in expected:
-      np.testing.assert_allclose(
-        output[name], expected[name], rtol=1e-5, atol=1e-6
-      )
+  assert_matches_reference(*accelerator, reference)
 
 
 @pytest.mark.parametrize(
@@ -187,18 +168,10 @@ def test_grouped_paths_are_bit_identical_and_match_numpy(
 ):
   sequence = adversarial_updates(200, seed=percentile)
   cpu, accelerator = run_on_both_paths(
-    lambda: autoclip(percentile, 6, group_by=group_by), sequence, monkeypatch
+    sequence, monkeypatch, percentile, 6, group_by=group_by
   )
   assert_bit_identical(cpu, accelerator)
   reference = grouped_autoclip_reference(
     sequence, [percentile] * len(sequence), 6, label_of
   )
-  for state, (_, _, thresholds, _) in zip(accelerator[1], reference):
-    np.testing.assert_allclose(state.threshold, thresholds, rtol=1e-5)
-    for group in range(len(thresholds)):
-      assert_ranks_match(
-        state.history[group],
-        state.ranks[group],
-        state.newest_rank[group],
-        state.next_slot[group],
-      )
+  assert_matches_grouped_reference(*accelerator, reference)

@@ -7,13 +7,14 @@ import optax
 import pytest
 
 from autoclip_optax import autoclip
+from tests.autoclip_helpers import BAD_STEPS
+from tests.autoclip_helpers import assert_matches_reference
+from tests.autoclip_helpers import grouped_spiky_updates
+from tests.autoclip_helpers import run
+from tests.autoclip_helpers import run_autoclip
+from tests.autoclip_helpers import spiky_updates
+from tests.autoclip_helpers import with_bad_bias
 from tests.autoclip_reference import autoclip_reference
-from tests.test_autoclip import assert_matches_reference
-from tests.test_autoclip import run
-from tests.test_autoclip import spiky_updates
-from tests.test_autoclip_groups import BAD_STEPS
-from tests.test_autoclip_groups import grouped_spiky_updates
-from tests.test_autoclip_groups import with_bad_bias
 
 
 def with_nan_steps(sequence, steps):
@@ -31,8 +32,8 @@ def with_nan_steps(sequence, steps):
 )
 def test_warm_up_matches_numpy_reference(min_history, max_history):
   sequence = with_nan_steps(spiky_updates(60, seed=min_history), {2, 7})
-  outputs, states = run(
-    autoclip(10, max_history, min_history=min_history), sequence
+  outputs, states = run_autoclip(
+    sequence, 10, max_history, min_history=min_history
   )
   reference = autoclip_reference(sequence, [10] * 60, max_history, min_history)
   finite = [step for step in range(60) if step not in (2, 7)]
@@ -40,13 +41,12 @@ def test_warm_up_matches_numpy_reference(min_history, max_history):
     [outputs[s] for s in finite],
     [states[s] for s in finite],
     [reference[s] for s in finite],
-    max_history,
   )
 
 
 def test_nothing_is_clipped_during_warm_up_but_norms_are_recorded():
   sequence = spiky_updates(12)
-  outputs, states = run(autoclip(0, 16, min_history=10), sequence)
+  outputs, states = run_autoclip(sequence, 0, 16, min_history=10)
   for step in range(9):
     assert states[step].threshold == np.inf
     assert states[step].count == step + 1
@@ -80,7 +80,7 @@ def test_non_int_min_history_raises(min_history):
 def test_counters_match_numpy_reference(percentile):
   sequence = with_nan_steps(spiky_updates(80), {3, 40, 41})
   sequence[50] = dict(sequence[50], b=np.array([np.inf, 0, 0], np.float32))
-  _, states = run(autoclip(percentile, 16, min_history=4), sequence)
+  _, states = run_autoclip(sequence, percentile, 16, min_history=4)
   reference = autoclip_reference(sequence, [percentile] * 80, 16, 4)
   norms = np.array([step[1] for step in reference])
   thresholds = np.array([step[2] for step in reference])
@@ -97,7 +97,7 @@ def test_counters_match_numpy_reference(percentile):
 def test_clip_rate_at_p10_is_about_ninety_percent():
   rng = np.random.default_rng(0)
   sequence = [{'w': np.float32([rng.lognormal()])} for _ in range(2000)]
-  _, states = run(autoclip(10, 2000), sequence)
+  _, states = run_autoclip(sequence, 10, 2000)
   rate = states[-1].num_clipped / states[-1].count
   assert 0.87 < rate < 0.93
 
@@ -106,7 +106,7 @@ def test_counters_are_per_group():
   sequence = with_bad_bias(
     grouped_spiky_updates(40), np.array([np.nan, 0, 0], np.float32)
   )
-  _, states = run(autoclip(50, 8, group_by='leaf'), sequence)
+  _, states = run_autoclip(sequence, 50, 8, group_by='leaf')
   np.testing.assert_array_equal(
     states[-1].num_nonfinite, [len(BAD_STEPS), 0, 0]
   )

@@ -8,50 +8,9 @@ import pytest
 
 from autoclip_optax import autoclip
 from autoclip_optax import skip_spikes
-from tests.test_autoclip_platforms import assert_bit_identical
-
-
-def skip_spikes_reference(
-  norms, factor, percentile, max_history, min_history, max_consecutive_skips
-):
-  """Per step: (skipped, spike threshold), the rule written plainly."""
-  window, num_recorded, in_a_row, steps = [], 0, 0, []
-  for norm in norms:
-    if num_recorded >= min_history and window:
-      spike_threshold = factor * np.percentile(window, percentile)
-    else:
-      spike_threshold = np.inf
-    finite = np.isfinite(norm)
-    spike = finite and norm > spike_threshold
-    skipped = not finite or (spike and in_a_row < max_consecutive_skips)
-    if spike:
-      in_a_row += 1
-    elif finite:
-      in_a_row = 0
-    if not skipped:
-      window = (window + [norm])[-max_history:]
-      num_recorded += 1
-    steps.append((skipped, spike_threshold))
-  return steps
-
-
-def spiky_norms(num_steps, seed):
-  """Lognormal norms with spikes, bursts of spikes, zeros, NaN and inf."""
-  rng = np.random.default_rng(seed)
-  norms = rng.lognormal(0.0, 0.3, num_steps).astype(np.float32)
-  for step in rng.choice(num_steps, num_steps // 10, replace=False):
-    norms[step] *= 50
-  burst = rng.integers(num_steps - 10)
-  norms[burst : burst + 6] *= 1000
-  norms[rng.choice(num_steps, 6, replace=False)] = [
-    0.0,
-    0.0,
-    np.nan,
-    np.inf,
-    np.nan,
-    np.inf,
-  ]
-  return norms
+from tests.autoclip_helpers import assert_bit_identical
+from tests.autoclip_helpers import spiky_norms
+from tests.autoclip_reference import skip_spikes_reference
 
 
 def run_norms(tx, norms):

@@ -13,10 +13,10 @@ from autoclip_optax import autoclip
 from autoclip_optax import recorded_norms
 from autoclip_optax import skip_spikes
 from autoclip_optax import with_history
-from tests.test_autoclip import run
-from tests.test_autoclip import spiky_updates
-from tests.test_autoclip_groups import grouped_spiky_updates
-from tests.test_autoclip_platforms import assert_bit_identical
+from tests.autoclip_helpers import assert_bit_identical
+from tests.autoclip_helpers import grouped_spiky_updates
+from tests.autoclip_helpers import run
+from tests.autoclip_helpers import spiky_updates
 
 WINDOW_FIELDS = (
   'count',

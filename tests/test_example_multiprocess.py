@@ -176,43 +176,56 @@ def results(run_dir):
 
 
 @pytest.fixture(scope='module')
-def one_process(tmp_path_factory, espeak2mix_dir, compilation_cache):
-  """The job as 1 process of 4 devices, uninterrupted: its work directory."""
-  workdir = tmp_path_factory.mktemp('one_process') / 'job'
+def jobs(tmp_path_factory, espeak2mix_dir, compilation_cache):
+  """The job as 1 process of 4 devices, and as 2 processes, killed once.
+
+  Both start at once: each leaves the cores idle while it starts or waits.
+  The 1-process job is uninterrupted. The 2-process job generates its
+  espeak2mix set; once its checkpoint 2 is whole, process 1 is killed, and
+  process 0 then too (it would wait for process 1 in the next collective
+  until JAX's heartbeat timeout, 100 s); both are started again.
+
+  Returns:
+    ``(one_process, two_processes, outputs)``: the work directories, and
+    each start's output of each of the 2 processes.
+  """
+  one_process = tmp_path_factory.mktemp('one_process') / 'job'
+  two_processes = tmp_path_factory.mktemp('two_processes') / 'job'
+  traced = shutil.which('strace') is not None
+  checksums = two_processes / RUN / 'checkpoints' / '2' / 'sha256sums.json'
   with compilation_cache():
-    succeeded(
-      [start(workdir, f'--config.data_dir={espeak2mix_dir}', num_processes=1)]
+    reference = start(
+      one_process, f'--config.data_dir={espeak2mix_dir}', num_processes=1
     )
-  return workdir
+    try:
+      processes = start_processes(two_processes, 'killed', traced=traced)
+      deadline = time.monotonic() + TIMEOUT_SECONDS
+      while not checksums.exists():
+        assert time.monotonic() < deadline and processes[0].poll() is None
+        time.sleep(0.1)
+      for process in reversed(processes):
+        process.send_signal(signal.SIGKILL)
+      killed = [output for _, output in outputs(processes)]
+      assert not (two_processes / RUN / 'results.json').exists()
+      resumed = succeeded(
+        start_processes(two_processes, 'resumed', traced=traced)
+      )
+      succeeded([reference])
+    finally:
+      reference.kill()
+  return one_process, two_processes, [killed, resumed]
 
 
 @pytest.fixture(scope='module')
-def two_processes(tmp_path_factory, compilation_cache):
-  """The job as 2 processes, killed after its first checkpoint, then resumed.
+def one_process(jobs):
+  """The 1-process job's work directory."""
+  return jobs[0]
 
-  It generates its espeak2mix set. Process 1 is killed once checkpoint 2
-  is whole, and process 0 then too (it would wait for process 1 in the next
-  collective until JAX's heartbeat timeout, 100 s); both are started again.
 
-  Returns:
-    ``(workdir, outputs)``: the work directory, and each start's output of
-    each process.
-  """
-  workdir = tmp_path_factory.mktemp('two_processes') / 'job'
-  traced = shutil.which('strace') is not None
-  checksums = workdir / RUN / 'checkpoints' / '2' / 'sha256sums.json'
-  with compilation_cache():
-    processes = start_processes(workdir, 'killed', traced=traced)
-    deadline = time.monotonic() + TIMEOUT_SECONDS
-    while not checksums.exists():
-      assert time.monotonic() < deadline and processes[0].poll() is None
-      time.sleep(0.1)
-    for process in reversed(processes):
-      process.send_signal(signal.SIGKILL)
-    killed = [output for _, output in outputs(processes)]
-    assert not (workdir / RUN / 'results.json').exists()
-    resumed = succeeded(start_processes(workdir, 'resumed', traced=traced))
-  return workdir, [killed, resumed]
+@pytest.fixture(scope='module')
+def two_processes(jobs):
+  """The 2-process job's work directory, and its outputs."""
+  return jobs[1:]
 
 
 def test_killed_and_resumed_two_processes_equal_one_uninterrupted_process(

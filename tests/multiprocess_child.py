@@ -3,13 +3,16 @@
 Started by test_multiprocess.py, as 2 processes of 2 host devices each
 (JAX's multi-controller runtime, gloo collectives on CPU) or as 1 process of
 4 devices. The parameters and the batch are sharded over all 4 devices; each
-process feeds its own rows of every batch. Writes, per process, the global
-parameters, updates and optimizer state after every step to an ``.npz``.
+process feeds its own rows of every batch. Trains each of the VARIANTS
+(comma-separated) in turn, in one start of the processes, and writes, per
+process and variant, the global parameters, updates and optimizer state
+after every step to ``OUT_DIR/<variant>.npz``.
 
-Usage: python -m tests.multiprocess_child VARIANT OUT NUM_PROCESSES
+Usage: python -m tests.multiprocess_child VARIANTS OUT_DIR NUM_PROCESSES
   PROCESS_ID COORDINATOR_ADDRESS
 """
 
+import pathlib
 import sys
 
 import jax
@@ -49,7 +52,7 @@ def global_batch(step: int) -> tuple[np.ndarray, np.ndarray]:
   return inputs, targets
 
 
-def main(variant, out, num_processes, process_id, coordinator_address):
+def main(variants, out_dir, num_processes, process_id, coordinator_address):
   if num_processes > 1:
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(
@@ -60,7 +63,9 @@ def main(variant, out, num_processes, process_id, coordinator_address):
   assert jax.device_count() == NUM_DEVICES, jax.devices()
   mesh = jax.make_mesh((NUM_DEVICES,), ('data',))
   with jax.set_mesh(mesh):
-    train(variant, out, num_processes, process_id, mesh)
+    for variant in variants.split(','):
+      out = pathlib.Path(out_dir) / f'{variant}.npz'
+      train(variant, out, num_processes, process_id, mesh)
 
 
 def train(variant, out, num_processes, process_id, mesh):

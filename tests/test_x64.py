@@ -1,12 +1,15 @@
 """x64 mode (``jax_enable_x64``) is supported: the oracle tests pass in it.
 
-The flag is global, so the tests run in a subprocess with it set.
+The flag is global, so the tests run in a subprocess with it set: one, for
+both tests, which checks the dtypes and then runs the oracle tests.
 """
 
 import os
 import pathlib
 import subprocess
 import sys
+
+import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 # A few cases of each NumPy-oracle test: each compiles anew.
@@ -35,14 +38,38 @@ for tx in [autoclip(50, 10), autoclip(50, 10, group_by='leaf'),
   assert clipped['a'].dtype == jnp.float64
   dtypes = {leaf.dtype for leaf in jax.tree.leaves(state)}
   assert dtypes <= {jnp.dtype('int32'), jnp.dtype('float32')}, dtypes
-print('ok')
+print('dtypes ok')
+"""
+# Runs argv[1], the dtype check, then pytest with the other arguments.
+CHECK_THEN_PYTEST = """
+import sys
+import traceback
+
+try:
+  exec(sys.argv.pop(1))
+except Exception:
+  traceback.print_exc(file=sys.stdout)
+
+import pytest
+
+sys.exit(pytest.main(sys.argv[1:]))
 """
 
 
-def run_with_x64(*args):
+@pytest.fixture(scope='module')
+def x64_run():
   env = dict(os.environ, JAX_ENABLE_X64='1', JAX_PLATFORMS='cpu')
   return subprocess.run(
-    [sys.executable, *args],
+    [
+      sys.executable,
+      '-c',
+      CHECK_THEN_PYTEST,
+      CHECK_DTYPES,
+      '-q',
+      '-p',
+      'no:cacheprovider',
+      *ORACLE_TESTS,
+    ],
     cwd=REPO_ROOT,
     env=env,
     capture_output=True,
@@ -51,15 +78,13 @@ def run_with_x64(*args):
   )
 
 
-def test_updates_keep_their_dtype_and_the_state_its_dtypes():
-  result = run_with_x64('-c', CHECK_DTYPES)
-  assert result.returncode == 0, result.stdout + result.stderr
-  assert result.stdout.strip() == 'ok'
-
-
-def test_oracle_tests_pass_in_x64_mode():
-  result = run_with_x64(
-    '-m', 'pytest', '-q', '-p', 'no:cacheprovider', *ORACLE_TESTS
+def test_updates_keep_their_dtype_and_the_state_its_dtypes(x64_run):
+  assert 'dtypes ok' in x64_run.stdout.splitlines(), (
+    x64_run.stdout[-5000:] + x64_run.stderr[-2000:]
   )
+
+
+def test_oracle_tests_pass_in_x64_mode(x64_run):
+  result = x64_run
   assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
   assert ' passed' in result.stdout and 'skipped' not in result.stdout

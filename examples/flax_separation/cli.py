@@ -141,6 +141,7 @@ def _wait_for_coordinator(address: str, timeout: float) -> None:
   JAX's own wait ends in an abort whose message names no address.
   """
   host, _, port = address.rpartition(':')
+  host = host.strip('[]')  # An IPv6 address is written [::1]:port.
   deadline = time.monotonic() + timeout
   while True:
     try:

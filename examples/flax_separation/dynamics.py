@@ -136,7 +136,7 @@ def train_and_record(
   # clone: a split of the model itself would hold the Variables that
   # train_step updates.
   before = nnx.split(nnx.clone(model), nnx.Param, ...)
-  with path.open('w') as log:
+  with workdirs.open_log(path, 'w') as log:
     for step in train.training_loop(model, optimizer, utterances, config):
       if (step.number - 1) % record_every == 0:
         graphdef, params_before, rest = before
@@ -256,6 +256,8 @@ def main(argv):
         workdir,
         FLAGS.record_every,
       )
+    if not workdirs.writes_files():  # Process 0 reports for every process.
+      return
     plot_figure1(
       runs, workdir / 'figure1.png', loss_registry.get(FLAGS.config.loss).title
     )

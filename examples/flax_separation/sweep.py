@@ -190,7 +190,8 @@ def run_sweep(
 
     def write_table():
       table = render_table1(config, losses, percentiles, results)
-      (workdir / 'table1.md').write_text(table)
+      if workdirs.writes_files():
+        workdirs.write_atomically(workdir / 'table1.md', table)
       return table
 
     table = write_table()
@@ -223,11 +224,11 @@ def main(argv):
   except ValueError as error:
     raise app.UsageError(str(error)) from None
   with cli.errors_as_messages():
-    print(
-      run_sweep(
-        config, FLAGS.workdir, FLAGS.losses, percentiles, cli.parallel_runs()
-      )
+    table = run_sweep(
+      config, FLAGS.workdir, FLAGS.losses, percentiles, cli.parallel_runs()
     )
+  if workdirs.writes_files():  # Process 0 reports for every process.
+    print(table)
 
 
 if __name__ == '__main__':

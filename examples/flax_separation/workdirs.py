@@ -89,9 +89,9 @@ def writes_files() -> bool:
   return jax.process_index() == 0
 
 
-def open_log(path: pathlib.Path) -> TextIO:
-  """``path`` opened for appending, or a sink unless ``writes_files()``."""
-  return path.open('a') if writes_files() else open(os.devnull, 'w')
+def open_log(path: pathlib.Path, mode: str = 'a') -> TextIO:
+  """``path`` opened in ``mode``, or a sink unless ``writes_files()``."""
+  return path.open(mode) if writes_files() else open(os.devnull, 'w')
 
 
 def keep_log_lines_up_to(path: pathlib.Path, last_step: int) -> None:

@@ -6,10 +6,16 @@ runs the library's tests alone. They share one tiny espeak2mix set
 (``espeak2mix_dir``), and one JAX compilation cache, which this process and
 the commands the tests start read and write: the tiny training step then
 compiles once per distinct program in the whole session, not once per run.
+Under pytest-xdist each worker has a session of its own; the set, the cache
+and the runs below are still built once, by the first worker to need them
+(``_built_once``).
 """
 
 import contextlib
+import fcntl
+import os
 import pathlib
+import shutil
 
 import pytest
 
@@ -24,6 +30,27 @@ def pytest_collection_modifyitems(config, items):
       item.add_marker(pytest.mark.example)
 
 
+def _built_once(tmp_path_factory, name, build=None):
+  """A directory that ``build(directory)`` fills once for the whole run.
+
+  The workers of pytest-xdist share the run's temporary root: the first to
+  get here builds, under a lock; the others wait for it and reuse it.
+  """
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    root = root.parent
+  directory, built = root / name, root / f'{name}.built'
+  with open(root / f'{name}.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not built.exists():
+      shutil.rmtree(directory, ignore_errors=True)  # A failed build's.
+      directory.mkdir()
+      if build is not None:
+        build(directory)
+      built.touch()
+  return directory
+
+
 @pytest.fixture(scope='session')
 def compilation_cache(tmp_path_factory):
   """Turns the session's compilation cache on while a ``with`` block runs.
@@ -35,7 +62,7 @@ def compilation_cache(tmp_path_factory):
 
   settings = {
     'jax_compilation_cache_dir': str(
-      tmp_path_factory.mktemp('compilation_cache')
+      _built_once(tmp_path_factory, 'compilation_cache')
     ),
     'jax_persistent_cache_min_compile_time_secs': 0,
     'jax_persistent_cache_min_entry_size_bytes': 0,
@@ -75,9 +102,13 @@ def espeak2mix_dir(tmp_path_factory):
   from examples.flax_separation import espeak2mix
   from tests import example_helpers
 
-  directory = tmp_path_factory.mktemp('espeak2mix')
-  espeak2mix.generate(directory, **example_helpers.ESPEAK2MIX_COUNTS, seed=0)
-  return directory
+  return _built_once(
+    tmp_path_factory,
+    'espeak2mix',
+    lambda directory: espeak2mix.generate(
+      directory, **example_helpers.ESPEAK2MIX_COUNTS, seed=0
+    ),
+  )
 
 
 @pytest.fixture(scope='session')
@@ -91,12 +122,14 @@ def straight_run(tmp_path_factory, espeak2mix_dir, compilation_cache):
   from examples.flax_separation import train
   from tests import example_helpers
 
-  workdir = tmp_path_factory.mktemp('straight')
   config = example_helpers.tiny_config(espeak2mix_dir, 2)
   config.log_every_steps = 5
-  with compilation_cache():
-    train.train_and_evaluate(config, workdir)
-  return workdir
+
+  def build(workdir):
+    with compilation_cache():
+      train.train_and_evaluate(config, workdir)
+
+  return _built_once(tmp_path_factory, 'straight', build)
 
 
 @pytest.fixture(scope='session')
@@ -111,8 +144,14 @@ def sweep_run(tmp_path_factory, espeak2mix_dir, compilation_cache):
   from examples.flax_separation import sweep
   from tests import example_helpers
 
-  workdir = tmp_path_factory.mktemp('sweep')
   config = example_helpers.tiny_config(espeak2mix_dir)
-  with compilation_cache():
-    table = sweep.run_sweep(config, workdir, ['mi'], (10.0, 100.0))
-  return config, workdir, table
+
+  def build(directory):
+    with compilation_cache():
+      table = sweep.run_sweep(
+        config, directory / 'workdir', ['mi'], (10.0, 100.0)
+      )
+    (directory / 'table.md').write_text(table)
+
+  directory = _built_once(tmp_path_factory, 'sweep', build)
+  return config, directory / 'workdir', (directory / 'table.md').read_text()

@@ -133,3 +133,8 @@ def train_runs(
         for index, key in enumerate(to_train)
       ],
     )
+    # Every run ended: the processes exit on their own, and run their exit
+    # handlers, which release the semaphore of tqdm's lock. Terminated, they
+    # would leak it, and the resource tracker would warn at exit.
+    pool.close()
+    pool.join()

@@ -28,6 +28,11 @@ WINDOW_FIELDS = (
 )
 
 
+# Module-level, so that every case's jax.jit(tx.update) is one compile.
+CLIPPED_SGD = optax.chain(autoclip(10, max_history=8), optax.sgd(1.0))
+CLIPPED_ADAM = optax.chain(autoclip(10, max_history=12), optax.adam(1e-3))
+
+
 def record_one_by_one(tx, sequence, params):
   update = jax.jit(tx.update)
   state = tx.init(params)
@@ -43,7 +48,7 @@ def test_seeded_window_and_next_step_equal_recording_one_by_one(num_steps):
     {'w': np.full((4, 3), np.nan, np.float32), 'b': np.zeros(3, np.float32)}
   ]  # Skipped, like a step.
   params = jax.tree.map(np.zeros_like, sequence[0])
-  tx = optax.chain(autoclip(10, max_history=8), optax.sgd(1.0))
+  tx = CLIPPED_SGD
   _, states = run(tx, sequence[:-1])
   recorded = states[-1]
   # The norms as a run logs them, NaN included.
@@ -78,7 +83,7 @@ def test_checkpoint_moves_into_a_transform_with_another_max_history(
 ):
   sequence = spiky_updates(30)
   params = jax.tree.map(np.zeros_like, sequence[0])
-  old_tx = optax.chain(autoclip(10, max_history=12), optax.adam(1e-3))
+  old_tx = CLIPPED_ADAM
   saved = flax.serialization.to_bytes(
     record_one_by_one(old_tx, sequence, params)
   )

@@ -25,8 +25,8 @@ def free_port() -> int:
     return probe.getsockname()[1]
 
 
-def run_processes(tmp_path, num_processes):
-  """Starts the processes, waits for all, returns each one's records.
+def start_processes(tmp_path, num_processes):
+  """Starts one job's processes; returns them and their output folders.
 
   Each process trains every variant in turn: one start of the processes
   (importing JAX, meeting the others) serves them all.
@@ -62,6 +62,21 @@ def run_processes(tmp_path, num_processes):
     )
     for index, out in enumerate(outputs)
   ]
+  return processes, outputs
+
+
+def run_jobs(tmp_path, *jobs):
+  """Starts every job's processes at once, waits for all of them.
+
+  Args:
+    tmp_path: where the processes write their records.
+    *jobs: each job's number of processes.
+
+  Returns:
+    Per job, each process's records by variant.
+  """
+  started = [start_processes(tmp_path, num_processes) for num_processes in jobs]
+  processes = [process for job, _ in started for process in job]
   try:
     logs = [
       process.communicate(timeout=TIMEOUT_SECONDS)[0] for process in processes
@@ -72,15 +87,20 @@ def run_processes(tmp_path, num_processes):
   for process, log in zip(processes, logs):
     assert process.returncode == 0, log[-3000:]
   return [
-    {variant: dict(np.load(out / f'{variant}.npz')) for variant in VARIANTS}
-    for out in outputs
+    [
+      {variant: dict(np.load(out / f'{variant}.npz')) for variant in VARIANTS}
+      for out in outputs
+    ]
+    for _, outputs in started
   ]
 
 
 @pytest.fixture(scope='module')
 def all_runs(tmp_path_factory):
-  tmp_path = tmp_path_factory.mktemp('runs')
-  return run_processes(tmp_path, 2), run_processes(tmp_path, 1)[0]
+  two_processes, (one_process,) = run_jobs(
+    tmp_path_factory.mktemp('runs'), 2, 1
+  )
+  return two_processes, one_process
 
 
 @pytest.fixture(params=VARIANTS)

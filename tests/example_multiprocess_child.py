@@ -20,18 +20,13 @@ import jax
 from examples.flax_separation import input_pipeline
 from examples.flax_separation import train
 from examples.flax_separation.configs import default
+from tests.multiprocess_child import join_processes
 
 WARMUP_STEPS = 5
 
 
 def main(data_dir, num_processes, process_id, coordinator_address):
-  if num_processes > 1:
-    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    jax.distributed.initialize(
-      coordinator_address=coordinator_address,
-      num_processes=num_processes,
-      process_id=process_id,
-    )
+  join_processes(num_processes, process_id, coordinator_address)
   config = default.get_config()
   config.update(
     data_dir=data_dir, num_train=200, num_valid=2, num_test=2, num_epochs=2

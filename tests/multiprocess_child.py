@@ -52,7 +52,8 @@ def global_batch(step: int) -> tuple[np.ndarray, np.ndarray]:
   return inputs, targets
 
 
-def main(variants, out_dir, num_processes, process_id, coordinator_address):
+def join_processes(num_processes, process_id, coordinator_address):
+  """Joins the job's other processes on this machine, through gloo."""
   if num_processes > 1:
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(
@@ -60,6 +61,10 @@ def main(variants, out_dir, num_processes, process_id, coordinator_address):
       num_processes=num_processes,
       process_id=process_id,
     )
+
+
+def main(variants, out_dir, num_processes, process_id, coordinator_address):
+  join_processes(num_processes, process_id, coordinator_address)
   assert jax.device_count() == NUM_DEVICES, jax.devices()
   mesh = jax.make_mesh((NUM_DEVICES,), ('data',))
   with jax.set_mesh(mesh):

@@ -13,6 +13,7 @@ and the runs below are still built once, by the first worker to need them
 
 import contextlib
 import fcntl
+import importlib.util
 import os
 import pathlib
 import shutil
@@ -20,6 +21,29 @@ import shutil
 import pytest
 
 _EXAMPLE_PATHS = ('tests/test_example_', 'tests/example_', 'examples/')
+# Where TPU or GPU compilers are installed (``.venv-aot``), XLA_FLAGS would
+# reach them too.
+_ACCELERATOR_COMPILERS = ('libtpu', 'jax_cuda12_plugin')
+
+
+def _skip_llvm_optimisation():
+  """Compiles the tests' CPU programs with LLVM's optimisations off.
+
+  The tests' programs are small and each runs a few times: optimising their
+  machine code costs more time than it saves. XLA's own passes, which
+  decide what is computed, still run, and the tests pass at the default
+  level too, at the same tolerances. The commands the tests start inherit
+  the flag.
+  """
+  if any(map(importlib.util.find_spec, _ACCELERATOR_COMPILERS)):
+    return
+  flag = '--xla_backend_optimization_level=0'
+  flags = os.environ.get('XLA_FLAGS', '')
+  if flag not in flags:
+    os.environ['XLA_FLAGS'] = f'{flags} {flag}'.strip()
+
+
+_skip_llvm_optimisation()
 
 
 def pytest_collection_modifyitems(config, items):

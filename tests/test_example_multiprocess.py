@@ -9,11 +9,9 @@ runs under ``strace`` where it is installed, to list the files it writes.
 """
 
 import json
-import os
 import pathlib
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,8 +22,10 @@ import orbax.checkpoint as ocp
 import pytest
 
 from tests import example_helpers
+from tests.processes import REPO_ROOT
+from tests.processes import cpu_environment
+from tests.processes import free_port
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 TIMEOUT_SECONDS = 240
 NUM_DEVICES = 4
 RUN = pathlib.Path('seed0', 'p10')
@@ -52,12 +52,6 @@ FLAGS = (
 # What strace records of process 1: the system calls that write files (it
 # may make directories: every process makes the work directory).
 _WRITING_CALLS = 'openat,creat,rename,renameat,renameat2,unlink,unlinkat'
-
-
-def free_port() -> int:
-  with socket.socket() as probe:
-    probe.bind(('127.0.0.1', 0))
-    return probe.getsockname()[1]
 
 
 def start(workdir, *flags, num_processes=2, trace=None):
@@ -87,16 +81,10 @@ def start(workdir, *flags, num_processes=2, trace=None):
       f'--output={trace}',
       *command,
     ]
-  env = dict(
-    os.environ,
-    JAX_PLATFORMS='cpu',
-    XLA_FLAGS='--xla_force_host_platform_device_count='
-    f'{NUM_DEVICES // num_processes}',
-  )
   return subprocess.Popen(
     command,
     cwd=REPO_ROOT,
-    env=env,
+    env=cpu_environment(NUM_DEVICES // num_processes),
     stdout=subprocess.PIPE,
     stderr=subprocess.STDOUT,
     text=True,

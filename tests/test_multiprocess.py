@@ -5,24 +5,18 @@ processes of 2 devices, which meet through ``jax.distributed``, or as 1
 process of 4. See ``multiprocess_child.py``.
 """
 
-import os
-import pathlib
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+from tests.processes import REPO_ROOT
+from tests.processes import cpu_environment
+from tests.processes import free_port
+
 TIMEOUT_SECONDS = 300
 VARIANTS = ('global', 'leaf', 'skip_spikes')
-
-
-def free_port() -> int:
-  with socket.socket() as probe:
-    probe.bind(('127.0.0.1', 0))
-    return probe.getsockname()[1]
 
 
 def start_processes(tmp_path, num_processes):
@@ -31,11 +25,6 @@ def start_processes(tmp_path, num_processes):
   Each process trains every variant in turn: one start of the processes
   (importing JAX, meeting the others) serves them all.
   """
-  env = dict(
-    os.environ,
-    JAX_PLATFORMS='cpu',
-    XLA_FLAGS=(f'--xla_force_host_platform_device_count={4 // num_processes}'),
-  )
   address = f'127.0.0.1:{free_port()}'
   outputs = [
     tmp_path / f'{num_processes}-{index}' for index in range(num_processes)
@@ -55,7 +44,7 @@ def start_processes(tmp_path, num_processes):
         address,
       ],
       cwd=REPO_ROOT,
-      env=env,
+      env=cpu_environment(4 // num_processes),
       stdout=subprocess.PIPE,
       stderr=subprocess.STDOUT,
       text=True,

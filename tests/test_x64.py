@@ -5,13 +5,13 @@ both tests, which checks the dtypes and then runs the oracle tests.
 """
 
 import os
-import pathlib
 import subprocess
 import sys
 
 import pytest
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+from tests.processes import REPO_ROOT
+
 # A few cases of each NumPy-oracle test: each compiles anew.
 ORACLE_TESTS = (
   'tests/test_autoclip.py::test_matches_numpy_reference[1-0]',
@@ -51,6 +51,8 @@ except Exception:
   traceback.print_exc(file=sys.stdout)
 
 import pytest
+
+from tests.processes import REPO_ROOT
 
 sys.exit(pytest.main(sys.argv[1:]))
 """

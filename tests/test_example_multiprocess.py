@@ -138,7 +138,11 @@ def succeeded(processes):
 
 
 def final_state(run_dir):
-  """The run's last checkpoint: parameters and optimizer state, as NumPy."""
+  """The run's last checkpoint, as NumPy, by path.
+
+  The paths of the model's state begin with ``['0']``, the optimizer's with
+  ``['1']``.
+  """
   path = run_dir / 'checkpoints' / '4' / 'state'
   with ocp.PyTreeCheckpointer() as checkpointer:
     tree = checkpointer.metadata(path).item_metadata.tree
@@ -220,9 +224,13 @@ def test_killed_and_resumed_two_processes_equal_one_uninterrupted_process(
   one_process, two_processes
 ):
   # Each sums the gradients of 4 shards, gloo between the 2 processes and
-  # XLA within one, in orders that need not be the same: equal to float32
-  # rounding (1e-5 relative; they differ by about 1e-7), not bit for bit.
-  # A resume that lost any state, or took other batches, would be far off.
+  # XLA within one, in orders that need not be the same: the metrics are
+  # equal to float32 rounding (1e-5 relative), not bit for bit. Adam moves a
+  # parameter by up to its learning rate (1e-3) whatever the size of its
+  # gradient, so a gradient near 0, rounded otherwise, can move a parameter
+  # by some 1e-6 more (atol 1e-5 for the model's state, 1e-7 for the
+  # optimizer's). A resume that lost any state, or took other batches,
+  # would move most parameters by about 1e-3 more.
   # The steps and AutoClip's counters are integers, and exact.
   workdir, _ = two_processes
   log, expected_log = (
@@ -241,8 +249,13 @@ def test_killed_and_resumed_two_processes_equal_one_uninterrupted_process(
   assert state.keys() == expected_state.keys()
   for name, value in expected_state.items():
     if np.issubdtype(value.dtype, np.floating):
+      of_model = name.startswith("['0']")
       np.testing.assert_allclose(
-        state[name], value, rtol=1e-5, atol=1e-7, err_msg=name
+        state[name],
+        value,
+        rtol=1e-5,
+        atol=1e-5 if of_model else 1e-7,
+        err_msg=name,
       )
     else:
       np.testing.assert_array_equal(state[name], value, err_msg=name)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from examples.flax_separation import models
+from examples.flax_separation import optimization
 from examples.flax_separation import spectral
 from examples.flax_separation import train
 from examples.flax_separation.configs import default
@@ -84,7 +85,7 @@ def main():
     ),
   }
   optimizers = {
-    name: train.create_optimizer(model, config, TIMED_STEPS + 1)
+    name: optimization.create_optimizer(model, config, TIMED_STEPS + 1)
     for name, model in contenders.items()
   }
   step_seconds = {name: [] for name in contenders}

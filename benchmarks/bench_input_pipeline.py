@@ -27,6 +27,7 @@ import numpy as np
 import soundfile as sf
 
 from examples.flax_separation import input_pipeline
+from examples.flax_separation import optimization
 from examples.flax_separation import spectral
 from examples.flax_separation.configs import default
 
@@ -72,7 +73,7 @@ def train_and_report_peak_rss(root: str, steps: int) -> None:
   config = paper_batch_config()
   split = input_pipeline.load_split(root, 'train')
   model = train.create_model(config)
-  optimizer = train.create_optimizer(
+  optimizer = optimization.create_optimizer(
     model, config, input_pipeline.num_training_steps(len(split), config)
   )
   started = time.perf_counter()

@@ -28,6 +28,7 @@ import jax
 
 from benchmarks import bench_input_pipeline
 from examples.flax_separation import input_pipeline
+from examples.flax_separation import optimization
 from examples.flax_separation import sharding
 from examples.flax_separation import train
 
@@ -53,7 +54,7 @@ def main():
     )
     split = input_pipeline.load_split(root, 'train')
     model = train.create_model(config)
-    optimizer = train.create_optimizer(
+    optimizer = optimization.create_optimizer(
       model, config, input_pipeline.num_training_steps(len(split), config)
     )
     mesh = sharding.data_parallel_mesh()

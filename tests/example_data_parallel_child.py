@@ -16,6 +16,7 @@ import soundfile as sf
 from examples.flax_separation import configs
 from examples.flax_separation import evaluation
 from examples.flax_separation import input_pipeline
+from examples.flax_separation import optimization
 from examples.flax_separation import sharding
 from examples.flax_separation import spectral
 from examples.flax_separation import train
@@ -44,7 +45,7 @@ def train_on(mesh, batches):
   """Metrics of each step, and the final params, training on ``mesh``."""
   config = tiny_config()
   model = train.create_model(config)
-  optimizer = train.create_optimizer(model, config, NUM_STEPS)
+  optimizer = optimization.create_optimizer(model, config, NUM_STEPS)
   sharding.replicate(mesh, model, optimizer)
   records = []
   for local_rows in batches:

@@ -18,6 +18,7 @@ import time
 import jax
 
 from examples.flax_separation import input_pipeline
+from examples.flax_separation import optimization
 from examples.flax_separation import train
 from examples.flax_separation.configs import default
 from tests.multiprocess_child import join_processes
@@ -33,7 +34,7 @@ def main(data_dir, num_processes, process_id, coordinator_address):
   )
   splits = input_pipeline.load_splits(config, data_dir)
   model = train.create_model(config)
-  optimizer = train.create_optimizer(
+  optimizer = optimization.create_optimizer(
     model,
     config,
     input_pipeline.num_training_steps(len(splits['train']), config),

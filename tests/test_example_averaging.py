@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from examples.flax_separation import averaging
+from examples.flax_separation import optimization
 from examples.flax_separation import train
 from examples.flax_separation.configs import default
 
@@ -18,7 +19,7 @@ def _params_after_each_step(decay, num_steps):
   config.num_layers = 1
   config.param_average_decay = decay
   model = train.create_model(config)
-  optimizer = train.create_optimizer(model, config, num_steps=100)
+  optimizer = optimization.create_optimizer(model, config, num_steps=100)
   rng = np.random.default_rng(0)
   history = []
   for sources in rng.normal(size=(num_steps, 2, 2, 640)).astype(np.float32):

@@ -12,6 +12,7 @@ from examples.flax_separation import averaging
 from examples.flax_separation import checkpointing
 from examples.flax_separation import configs
 from examples.flax_separation import evaluation
+from examples.flax_separation import optimization
 from examples.flax_separation import train
 from examples.flax_separation.configs import default
 from tests.example_helpers import assert_same_run
@@ -91,7 +92,7 @@ def tiny_model_and_optimizer():
   config.hidden_size = 4
   config.num_layers = 1
   model = train.create_model(config)
-  return model, train.create_optimizer(model, config, num_steps=100)
+  return model, optimization.create_optimizer(model, config, num_steps=100)
 
 
 def autoclip_state(optimizer):
@@ -163,7 +164,7 @@ def test_learning_rate_is_constant_then_a_half_cosine_to_zero():
   config = default.get_config()
   config.learning_rate = 2e-3
   config.learning_rate_decay_start = 0.25
-  schedule = train.learning_rate(config, num_steps=100)
+  schedule = optimization.learning_rate(config, num_steps=100)
   steps = np.arange(101)
   expected = np.where(
     steps < 25, 2e-3, 1e-3 * (1 + np.cos(np.pi * (steps - 25) / 75))
@@ -176,7 +177,9 @@ def test_learning_rate_is_constant_then_a_half_cosine_to_zero():
 def test_learning_rate_decay_start_one_keeps_the_rate_constant():
   config = default.get_config()
   config.learning_rate_decay_start = 1.0
-  assert train.learning_rate(config, num_steps=100) == config.learning_rate
+  assert (
+    optimization.learning_rate(config, num_steps=100) == config.learning_rate
+  )
 
 
 @pytest.mark.parametrize('decay_start', [-0.1, 1.5])
@@ -194,7 +197,7 @@ def test_config_min_history_holds_clipping_back_while_warming_up():
   config.autoclip_percentile = 0.0
   config.autoclip_min_history = 3
   model = train.create_model(config)
-  optimizer = train.create_optimizer(model, config, num_steps=100)
+  optimizer = optimization.create_optimizer(model, config, num_steps=100)
   sources = (
     np.random.default_rng(0).normal(size=(4, 2, 2, 640)).astype(np.float32)
   )
@@ -287,7 +290,7 @@ def test_best_model_is_the_parameter_average_at_its_step(
   config.checkpoint_every_steps = 4
   train.train_and_evaluate(config, tmp_path / 'run')
   model = train.create_model(config)
-  optimizer = train.create_optimizer(model, config, num_steps=4)
+  optimizer = optimization.create_optimizer(model, config, num_steps=4)
   checkpoints = checkpointing.Checkpoints(tmp_path / 'run')
   checkpoints.restore(model, optimizer)
   expected = averaging.averaged_model(

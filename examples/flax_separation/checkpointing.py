@@ -30,6 +30,7 @@ import shutil
 from absl import logging
 from flax import nnx
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 
 from examples.flax_separation import sharding
@@ -47,6 +48,19 @@ _BEST_KEPT = 3
 
 class DamagedCheckpointError(RuntimeError):
   """A checkpoint's files do not match the checksums written with them."""
+
+
+def is_due(
+  step: int, config: ml_collections.ConfigDict, steps_per_epoch: int
+) -> bool:
+  """Whether a run checkpoints after ``step``.
+
+  It does every ``config.checkpoint_every_steps`` and at the end of every
+  epoch.
+  """
+  return (
+    step % config.checkpoint_every_steps == 0 or step % steps_per_epoch == 0
+  )
 
 
 def _sha256(path: pathlib.Path) -> str:

@@ -44,6 +44,7 @@ from examples.flax_separation import cli
 from examples.flax_separation import configs
 from examples.flax_separation import input_pipeline
 from examples.flax_separation import loss_registry
+from examples.flax_separation import optimization
 from examples.flax_separation import plots
 from examples.flax_separation import train
 from examples.flax_separation import workdirs
@@ -128,7 +129,7 @@ def train_and_record(
   workdir.mkdir(parents=True, exist_ok=True)
   utterances = input_pipeline.load_splits(config, workdir)['train']
   model = train.create_model(config)
-  optimizer = train.create_optimizer(
+  optimizer = optimization.create_optimizer(
     model, config, input_pipeline.num_training_steps(len(utterances), config)
   )
   path = workdir / f'dynamics_p{config.autoclip_percentile:g}.jsonl'

@@ -27,7 +27,6 @@ import numpy as np
 import optax
 import tqdm
 
-from autoclip_optax import autoclip
 from examples.flax_separation import averaging
 from examples.flax_separation import checkpointing
 from examples.flax_separation import configs
@@ -35,12 +34,11 @@ from examples.flax_separation import evaluation
 from examples.flax_separation import input_pipeline
 from examples.flax_separation import loss_registry
 from examples.flax_separation import models
+from examples.flax_separation import optimization
 from examples.flax_separation import sharding
 from examples.flax_separation import spectral
 from examples.flax_separation import workdirs
 
-# Steps with a non-finite update skipped in a row before training gives up.
-MAX_CONSECUTIVE_NONFINITE_STEPS = 5
 # Steps the loop dispatches ahead of the device at most. It waits for the
 # step this many before the latest, never for the latest, so the device
 # always has a step queued, and the batches and buffers of the queued steps
@@ -57,62 +55,6 @@ def create_model(config: ml_collections.ConfigDict) -> models.BLSTMNet:
     embedding_dim=config.embedding_dim,
     normalize_input=config.normalize_input,
     rngs=nnx.Rngs(config.seed),
-  )
-
-
-def create_optimizer(
-  model: nnx.Module, config: ml_collections.ConfigDict, num_steps: int
-) -> nnx.Optimizer:
-  """Adam behind AutoClip, skipping steps whose update is not finite.
-
-  Percentile 100 never clips (the paper's baseline). AutoClip never records
-  a non-finite gradient norm, but passes the update on;
-  ``optax.apply_if_finite`` drops such a step whole, and gives up after
-  ``MAX_CONSECUTIVE_NONFINITE_STEPS`` in a row. The chain ends with
-  ``averaging.param_average``, whose average a run evaluates.
-
-  Args:
-    model: the network whose ``nnx.Param``s it updates.
-    config: the run's config.
-    num_steps: the run's training steps, over which ``learning_rate``
-      schedules the rate.
-
-  Returns:
-    The optimizer.
-  """
-  tx = optax.apply_if_finite(
-    optax.chain(
-      autoclip(
-        config.autoclip_percentile,
-        config.autoclip_max_history,
-        min_history=config.autoclip_min_history,
-      ),
-      optax.adam(learning_rate(config, num_steps)),
-      averaging.param_average(config.param_average_decay),
-    ),
-    max_consecutive_errors=MAX_CONSECUTIVE_NONFINITE_STEPS,
-  )
-  return nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-
-def learning_rate(
-  config: ml_collections.ConfigDict, num_steps: int
-) -> optax.ScalarOrSchedule:
-  """Adam's learning rate: constant, then a half cosine to 0.
-
-  ``config.learning_rate_decay_start`` is the share of the run's
-  ``num_steps`` after which the rate decays (1.0: constant, as the paper
-  trains). Returns ``config.learning_rate`` or an optax schedule.
-  """
-  boundary = round(config.learning_rate_decay_start * num_steps)
-  if boundary >= num_steps:
-    return config.learning_rate
-  return optax.join_schedules(
-    [
-      optax.constant_schedule(config.learning_rate),
-      optax.cosine_decay_schedule(config.learning_rate, num_steps - boundary),
-    ],
-    [boundary],
   )
 
 
@@ -218,19 +160,6 @@ class Step(NamedTuple):
   fetched: list[dict[str, float]]
 
 
-def checkpoint_due(
-  number: int, config: ml_collections.ConfigDict, steps_per_epoch: int
-) -> bool:
-  """Whether a run checkpoints after step ``number``.
-
-  It does every ``config.checkpoint_every_steps`` and at the end of every
-  epoch.
-  """
-  return (
-    number % config.checkpoint_every_steps == 0 or number % steps_per_epoch == 0
-  )
-
-
 def training_loop(
   model: nnx.Module,
   optimizer: nnx.Optimizer,
@@ -246,7 +175,7 @@ def training_loop(
   replicated over every device and each batch is split over them
   (``sharding``). The loop waits for no step but the one ``_STEPS_AHEAD``
   behind, and fetches the metrics every ``config.log_every_steps`` and at
-  every ``checkpoint_due`` step, updating the progress bar then.
+  every ``checkpointing.is_due`` step, updating the progress bar then.
 
   Args:
     model: the network, updated in place.
@@ -287,7 +216,7 @@ def training_loop(
       if len(unfetched) > _STEPS_AHEAD:
         jax.block_until_ready(unfetched[-1 - _STEPS_AHEAD][1])
       fetched = []
-      if number % config.log_every_steps == 0 or checkpoint_due(
+      if number % config.log_every_steps == 0 or checkpointing.is_due(
         number, config, per_epoch
       ):
         fetched = [
@@ -336,7 +265,7 @@ def train_and_evaluate(
   with workdirs.lock(workdir):
     splits = input_pipeline.load_splits(config, workdir)
     model = create_model(config)
-    optimizer = create_optimizer(
+    optimizer = optimization.create_optimizer(
       model,
       config,
       input_pipeline.num_training_steps(len(splits['train']), config),
@@ -386,7 +315,7 @@ def train_and_evaluate(
         progress_bar_position,
       ):
         log.writelines(json.dumps(record) + '\n' for record in fetched)
-        if checkpoint_due(step, config, steps_per_epoch):
+        if checkpointing.is_due(step, config, steps_per_epoch):
           log.flush()
           progress['train_seconds'] = time.perf_counter() - started
           validate_and_save(step)

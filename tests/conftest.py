@@ -1,14 +1,15 @@
-"""Set-up that the separation example's tests share.
+"""Set-up that the tests share.
 
-The example's tests (``tests/test_example_*.py``, and the doctests under
-``examples/``) carry the ``example`` marker, so ``pytest -m "not example"``
-runs the library's tests alone. They share one tiny espeak2mix set
-(``espeak2mix_dir``), and one JAX compilation cache, which this process and
-the commands the tests start read and write: the tiny training step then
-compiles once per distinct program in the whole session, not once per run.
-Under pytest-xdist each worker has a session of its own; the set, the cache
-and the runs below are still built once, by the first worker to need them
-(``_built_once``).
+Every test's CPU programs compile with LLVM's optimisations off
+(``_skip_llvm_optimisation``). The example's tests
+(``tests/test_example_*.py``, and the doctests under ``examples/``) carry
+the ``example`` marker, so ``pytest -m "not example"`` runs the library's
+tests alone. They share one tiny espeak2mix set (``espeak2mix_dir``), and
+one JAX compilation cache, which this process and the commands the tests
+start read and write: the tiny training step then compiles once per distinct
+program in the whole session, not once per run. Under pytest-xdist each
+worker has a session of its own; the set, the cache and the runs below are
+still built once, by the first worker to need them (``_built_once``).
 """
 
 import contextlib
@@ -33,14 +34,13 @@ def _skip_llvm_optimisation():
   machine code costs more time than it saves. XLA's own passes, which
   decide what is computed, still run, and the tests pass at the default
   level too, at the same tolerances. The commands the tests start inherit
-  the flag.
+  the flag. A level set in ``XLA_FLAGS`` is kept (XLA's default is 3).
   """
   if any(map(importlib.util.find_spec, _ACCELERATOR_COMPILERS)):
     return
-  flag = '--xla_backend_optimization_level=0'
   flags = os.environ.get('XLA_FLAGS', '')
-  if flag not in flags:
-    os.environ['XLA_FLAGS'] = f'{flags} {flag}'.strip()
+  if '--xla_backend_optimization_level' not in flags:
+    os.environ['XLA_FLAGS'] = f'{flags} --xla_backend_optimization_level=0'
 
 
 _skip_llvm_optimisation()

@@ -52,8 +52,6 @@ except Exception:
 
 import pytest
 
-from tests.processes import REPO_ROOT
-
 sys.exit(pytest.main(sys.argv[1:]))
 """
 

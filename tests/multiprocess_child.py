@@ -97,7 +97,12 @@ def train(variant, out, num_processes, process_id, mesh):
       return jnp.mean((predictions - targets) ** 2)
 
     updates, state = tx.update(jax.grad(loss)(params), state, params)
-    return optax.apply_updates(params, updates), state, updates
+    params = optax.apply_updates(params, updates)
+    # A copy of the step's arrays whole on every device, for the record.
+    record = jax.sharding.reshard(
+      {'params': params, 'updates': updates, 'state': state}, PartitionSpec()
+    )
+    return params, state, record
 
   local_rows = slice(
     process_id * BATCH_SIZE // num_processes,
@@ -111,12 +116,11 @@ def train(variant, out, num_processes, process_id, mesh):
       )
       for array in global_batch(step)
     )
-    params, state, updates = train_step(params, state, inputs, targets)
-    fetched = multihost_utils.process_allgather(
-      {'params': params, 'updates': updates, 'state': state}, tiled=True
-    )
-    for path, value in jax.tree_util.tree_leaves_with_path(fetched):
-      record.setdefault(jax.tree_util.keystr(path), []).append(value)
+    params, state, step_record = train_step(params, state, inputs, targets)
+    for path, value in jax.tree_util.tree_leaves_with_path(step_record):
+      record.setdefault(jax.tree_util.keystr(path), []).append(
+        np.asarray(value.addressable_data(0))
+      )
   np.savez(out, **{name: np.stack(values) for name, values in record.items()})
 
 

@@ -4,15 +4,14 @@ Every test's CPU programs compile with LLVM's optimisations off
 (``_skip_llvm_optimisation``). The example's tests
 (``tests/test_example_*.py``, and the doctests under ``examples/``) carry
 the ``example`` marker, so ``pytest -m "not example"`` runs the library's
-tests alone. They share one tiny espeak2mix set (``espeak2mix_dir``), and
-one JAX compilation cache, which this process and the commands the tests
-start read and write: the tiny training step then compiles once per distinct
-program in the whole session, not once per run. Under pytest-xdist each
+tests alone. They share one tiny espeak2mix set (``espeak2mix_dir``). All
+tests share one JAX compilation cache, which this process and the commands
+the tests start read and write: a program then compiles once in the whole
+session, not once per worker or command that runs it. Under pytest-xdist each
 worker has a session of its own; the set, the cache and the runs below are
 still built once, by the first worker to need them (``_built_once``).
 """
 
-import contextlib
 import fcntl
 import importlib.util
 import os
@@ -22,9 +21,11 @@ import shutil
 import pytest
 
 _EXAMPLE_PATHS = ('tests/test_example_', 'tests/example_', 'examples/')
-# Where TPU or GPU compilers are installed (``.venv-aot``), XLA_FLAGS would
-# reach them too.
-_ACCELERATOR_COMPILERS = ('libtpu', 'jax_cuda12_plugin')
+# Whether JAX here compiles for the CPU alone. Where TPU or GPU compilers are
+# installed (``.venv-aot``), the flag and the cache below would reach them.
+_CPU_ONLY = not any(
+  map(importlib.util.find_spec, ('libtpu', 'jax_cuda12_plugin'))
+)
 
 
 def _skip_llvm_optimisation():
@@ -36,7 +37,7 @@ def _skip_llvm_optimisation():
   level too, at the same tolerances. The commands the tests start inherit
   the flag. A level set in ``XLA_FLAGS`` is kept (XLA's default is 3).
   """
-  if any(map(importlib.util.find_spec, _ACCELERATOR_COMPILERS)):
+  if not _CPU_ONLY:
     return
   flags = os.environ.get('XLA_FLAGS', '')
   if '--xla_backend_optimization_level' not in flags:
@@ -75,14 +76,16 @@ def _built_once(tmp_path_factory, name, build=None):
   return directory
 
 
-@pytest.fixture(scope='session')
-def compilation_cache(tmp_path_factory):
-  """Turns the session's compilation cache on while a ``with`` block runs.
+@pytest.fixture(scope='session', autouse=True)
+def _shared_compilation_cache(tmp_path_factory):
+  """Turns the run's one compilation cache on, where ``_CPU_ONLY``.
 
-  For this process and for the commands it starts (through the environment).
+  For this process, from before its first test, and for the commands the
+  tests start (through the environment).
   """
+  if not _CPU_ONLY:
+    return
   import jax
-  from jax.experimental.compilation_cache import compilation_cache as cache
 
   settings = {
     'jax_compilation_cache_dir': str(
@@ -91,33 +94,9 @@ def compilation_cache(tmp_path_factory):
     'jax_persistent_cache_min_compile_time_secs': 0,
     'jax_persistent_cache_min_entry_size_bytes': 0,
   }
-
-  @contextlib.contextmanager
-  def turned_on():
-    before = {name: getattr(jax.config, name) for name in settings}
-    with pytest.MonkeyPatch.context() as patch:
-      for name, value in settings.items():
-        patch.setenv(name.upper(), str(value))
-        jax.config.update(name, value)
-      cache.reset_cache()
-      try:
-        yield
-      finally:
-        for name, value in before.items():
-          jax.config.update(name, value)
-        cache.reset_cache()
-
-  return turned_on
-
-
-@pytest.fixture(autouse=True)
-def _compilation_cache_in_example_tests(request):
-  """The shared cache, in an example test; the library's run without it."""
-  if request.node.get_closest_marker('example') is None:
-    yield
-    return
-  with request.getfixturevalue('compilation_cache')():
-    yield
+  for name, value in settings.items():
+    os.environ[name.upper()] = str(value)
+    jax.config.update(name, value)
 
 
 @pytest.fixture(scope='session')
@@ -136,7 +115,7 @@ def espeak2mix_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
-def straight_run(tmp_path_factory, espeak2mix_dir, compilation_cache):
+def straight_run(tmp_path_factory, espeak2mix_dir):
   """The work directory of the tiny run of two epochs, left alone.
 
   Tests that interrupt, kill or damage the same run compare their results
@@ -150,14 +129,13 @@ def straight_run(tmp_path_factory, espeak2mix_dir, compilation_cache):
   config.log_every_steps = 5
 
   def build(workdir):
-    with compilation_cache():
-      train.train_and_evaluate(config, workdir)
+    train.train_and_evaluate(config, workdir)
 
   return _built_once(tmp_path_factory, 'straight', build)
 
 
 @pytest.fixture(scope='session')
-def sweep_run(tmp_path_factory, espeak2mix_dir, compilation_cache):
+def sweep_run(tmp_path_factory, espeak2mix_dir):
   """A 1 loss x 2 percentile sweep of tiny runs, trained in turn in-process.
 
   Returns:
@@ -171,10 +149,9 @@ def sweep_run(tmp_path_factory, espeak2mix_dir, compilation_cache):
   config = example_helpers.tiny_config(espeak2mix_dir)
 
   def build(directory):
-    with compilation_cache():
-      table = sweep.run_sweep(
-        config, directory / 'workdir', ['mi'], (10.0, 100.0)
-      )
+    table = sweep.run_sweep(
+      config, directory / 'workdir', ['mi'], (10.0, 100.0)
+    )
     (directory / 'table.md').write_text(table)
 
   directory = _built_once(tmp_path_factory, 'sweep', build)

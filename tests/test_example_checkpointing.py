@@ -31,11 +31,10 @@ def run_config(data_dir):
 
 
 @pytest.fixture(scope='module')
-def interrupted(tmp_path_factory, espeak2mix_dir, compilation_cache):
+def interrupted(tmp_path_factory, espeak2mix_dir):
   """The run stopped after step 6: checkpoints 4 and 6, best model 3."""
   workdir = tmp_path_factory.mktemp('interrupted')
-  with compilation_cache():
-    train_until(6, run_config(espeak2mix_dir), workdir)
+  train_until(6, run_config(espeak2mix_dir), workdir)
   assert sorted(path.name for path in (workdir / 'checkpoints').iterdir()) == [
     '4',
     '6',

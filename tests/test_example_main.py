@@ -20,7 +20,7 @@ run_main = functools.partial(run_command, 'main')
 
 
 @pytest.fixture(scope='module')
-def one_seed_run(tmp_path_factory, espeak2mix_dir, compilation_cache):
+def one_seed_run(tmp_path_factory, espeak2mix_dir):
   """The main job with its default seed, at a tiny size: two runs at once."""
   tmp_path = tmp_path_factory.mktemp('main')
   flags = [
@@ -28,8 +28,7 @@ def one_seed_run(tmp_path_factory, espeak2mix_dir, compilation_cache):
     '--percentiles=10,100',
     *config_flags_for(tiny_config(espeak2mix_dir), default.get_config()),
   ]
-  with compilation_cache():
-    return tmp_path / 'run', flags, run_main(*flags)
+  return tmp_path / 'run', flags, run_main(*flags)
 
 
 def test_compares_percentiles_and_writes_table_and_plot(one_seed_run):

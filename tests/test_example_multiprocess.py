@@ -168,7 +168,7 @@ def results(run_dir):
 
 
 @pytest.fixture(scope='module')
-def jobs(tmp_path_factory, espeak2mix_dir, compilation_cache):
+def jobs(tmp_path_factory, espeak2mix_dir):
   """The job as 1 process of 4 devices, and as 2 processes, killed once.
 
   Both start at once: each leaves the cores idle while it starts or waits.
@@ -185,26 +185,25 @@ def jobs(tmp_path_factory, espeak2mix_dir, compilation_cache):
   two_processes = tmp_path_factory.mktemp('two_processes') / 'job'
   traced = shutil.which('strace') is not None
   checksums = two_processes / RUN / 'checkpoints' / '2' / 'sha256sums.json'
-  with compilation_cache():
-    reference = start(
-      one_process, f'--config.data_dir={espeak2mix_dir}', num_processes=1
+  reference = start(
+    one_process, f'--config.data_dir={espeak2mix_dir}', num_processes=1
+  )
+  try:
+    processes = start_processes(two_processes, 'killed', traced=traced)
+    deadline = time.monotonic() + TIMEOUT_SECONDS
+    while not checksums.exists():
+      assert time.monotonic() < deadline and processes[0].poll() is None
+      time.sleep(0.1)
+    for process in reversed(processes):
+      process.send_signal(signal.SIGKILL)
+    killed = [output for _, output in outputs(processes)]
+    assert not (two_processes / RUN / 'results.json').exists()
+    resumed = succeeded(
+      start_processes(two_processes, 'resumed', traced=traced)
     )
-    try:
-      processes = start_processes(two_processes, 'killed', traced=traced)
-      deadline = time.monotonic() + TIMEOUT_SECONDS
-      while not checksums.exists():
-        assert time.monotonic() < deadline and processes[0].poll() is None
-        time.sleep(0.1)
-      for process in reversed(processes):
-        process.send_signal(signal.SIGKILL)
-      killed = [output for _, output in outputs(processes)]
-      assert not (two_processes / RUN / 'results.json').exists()
-      resumed = succeeded(
-        start_processes(two_processes, 'resumed', traced=traced)
-      )
-      succeeded([reference])
-    finally:
-      reference.kill()
+    succeeded([reference])
+  finally:
+    reference.kill()
   return one_process, two_processes, [killed, resumed]
 
 

@@ -21,11 +21,10 @@ import shutil
 import pytest
 
 _EXAMPLE_PATHS = ('tests/test_example_', 'tests/example_', 'examples/')
-# Whether JAX here compiles for the CPU alone. Where TPU or GPU compilers are
-# installed (``.venv-aot``), the flag and the cache below would reach them.
-_CPU_ONLY = not any(
-  map(importlib.util.find_spec, ('libtpu', 'jax_cuda12_plugin'))
-)
+# Whether JAX here compiles for the CPU alone: neither libtpu nor a PJRT
+# plugin (CUDA, ROCm, ...) is installed. Where one is (``.venv-aot``), the
+# flag and the cache below would reach its compiler too.
+_CPU_ONLY = not any(map(importlib.util.find_spec, ('libtpu', 'jax_plugins')))
 
 
 def _skip_llvm_optimisation():

@@ -318,30 +318,36 @@ def test_espeak2mix_is_generated_once_by_process_0(two_processes):
   }
 
 
-def alone(workdir, process_id):
-  """Runs one process of 2 whose peer never starts, with a 2 s timeout.
+@pytest.fixture(scope='module')
+def alone(tmp_path_factory):
+  """Process 0 and process 1 of 2, each on its own, with a 2 s timeout.
+
+  Neither's peer ever starts: each has a coordinator address of its own.
+  Both start at once, since they mostly wait.
 
   Returns:
-    ``(exit status, output, seconds it took)``.
+    ``(ended, seconds)``: ``(exit status, output)`` of each process by id,
+    and the seconds until both had ended, a bound on each one's time.
   """
   started = time.monotonic()
-  ((status, output),) = outputs(
+  ended = outputs(
     [
       start(
-        workdir,
+        tmp_path_factory.mktemp(f'alone{process_id}') / 'job',
         f'--coordinator_address=127.0.0.1:{free_port()}',
         '--num_processes=2',
         f'--process_id={process_id}',
         '--initialization_timeout=2',
         num_processes=2,
       )
+      for process_id in (0, 1)
     ]
   )
-  return status, output, time.monotonic() - started
+  return ended, time.monotonic() - started
 
 
-def test_unreachable_coordinator_stops_within_the_timeout(tmp_path):
-  status, output, seconds = alone(tmp_path / 'job', process_id=1)
+def test_unreachable_coordinator_stops_within_the_timeout(alone):
+  (_, (status, output)), seconds = alone
   assert status != 0
   assert (
     'could not be reached within --initialization_timeout=2 seconds' in output
@@ -398,10 +404,8 @@ def test_coordinator_address_needs_the_process_count_and_id(tmp_path):
   )
 
 
-def test_process_0_stops_within_the_timeout_when_another_never_comes(
-  tmp_path,
-):
-  status, output, seconds = alone(tmp_path / 'job', process_id=0)
+def test_process_0_stops_within_the_timeout_when_another_never_comes(alone):
+  ((status, output), _), seconds = alone
   assert status != 0
   assert 'waiting up to 2 s (--initialization_timeout)' in output
   assert 'DEADLINE_EXCEEDED' in output

@@ -23,10 +23,12 @@ import pytest
 
 from tests import example_helpers
 from tests.processes import REPO_ROOT
+from tests.processes import TIMEOUT_SECONDS
 from tests.processes import cpu_environment
 from tests.processes import free_port
+from tests.processes import outputs
+from tests.processes import succeeded
 
-TIMEOUT_SECONDS = 240
 NUM_DEVICES = 4
 RUN = pathlib.Path('seed0', 'p10')
 # The tiny run, as main.py's flags: 8 training mixtures in batches of 4.
@@ -111,30 +113,6 @@ def start_processes(workdir, name, *flags, traced=False):
     )
     for index in range(2)
   ]
-
-
-def outputs(processes):
-  """Waits for every process; returns ``(exit status, output)`` of each.
-
-  The output waits in a pipe until then: the tiny job's is a few kB.
-  """
-  ended = []
-  try:
-    for process in processes:
-      output, _ = process.communicate(timeout=TIMEOUT_SECONDS)
-      ended.append((process.returncode, output))
-    return ended
-  finally:
-    for process in processes:
-      process.kill()
-
-
-def succeeded(processes):
-  """Each process's output, once every one has exited 0."""
-  ended = outputs(processes)
-  for status, output in ended:
-    assert status == 0, output[-3000:]
-  return [output for _, output in ended]
 
 
 def final_state(run_dir):
